@@ -1,0 +1,562 @@
+"""Typed, validated recipes: YAML -> one config object per stage.
+
+A recipe is a YAML mapping with a `stage:` key (sft, dpo or rlvr) that picks
+its schema from `STAGE_SCHEMAS`. `base: other.yaml` (relative to the file, or
+a list of files) inherits values; the recipe's own keys override them, deeply.
+Command-line overrides `key.sub=value` are applied last; values are parsed as
+YAML scalars (`optim.lr=1e-5`, `lora.enabled=true`, `data.train=[...]`).
+
+Everything is checked before any work starts: an unknown key fails naming the
+file it came from, the key path and the closest valid key; a wrong type or an
+out-of-range value fails naming the key and what was expected.
+
+This module imports only pydantic and yaml, so `posttrain recipe show` answers
+in well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from posttrain.registry import Registry
+
+# --------------------------------------------------------------------------
+# Sections shared by every stage
+
+
+class Section(BaseModel):
+    """Base for every config block: unknown keys are errors, values are checked on assignment.
+
+    Numbers are accepted where text is expected (`model.path=123`, a project named 2025).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), coerce_numbers_to_str=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="input checkpoint: a local Hugging Face directory or a hub name")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="training dtype; bfloat16 on GPU")
+    attn_implementation: str = Field("sdpa", description="transformers attention backend (sdpa, eager, flash_attention_2)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
+
+
+class DatasetSpec(Section):
+    path: str = Field(description="local .jsonl/.json/.parquet/.arrow file or directory, or a hub dataset name")
+    name: Optional[str] = Field(None, description="hub dataset configuration name")
+    split: str = Field("train", description="split to read (hub datasets and directories of splits)")
+    count: Optional[int] = Field(None, ge=1, description="take this many rows from the source (sampled with the data seed)")
+    fraction: Optional[float] = Field(None, gt=0, description="take this fraction of the source; above 1 repeats it")
+    columns: dict[str, str] = Field(default_factory=dict, description="rename source columns: {source_name: expected_name}")
+
+    @model_validator(mode="after")
+    def _count_or_fraction(self):
+        if self.count is not None and self.fraction is not None:
+            raise ValueError("give either count or fraction, not both")
+        return self
+
+
+class DataSection(Section):
+    train: list[DatasetSpec] = Field(description="training sources, mixed by count or fraction")
+    heldout: list[DatasetSpec] = Field(default_factory=list, description="held-out sources for evaluation")
+    seed: int = Field(0, description="seed for sampling and shuffling the mixture")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="malformed row: fail naming file/row/field, or skip and count")
+    max_length: int = Field(2048, ge=8, description="maximum tokens per training sequence")
+    overlong: Literal["truncate", "drop"] = Field("drop", description="what to do with examples longer than max_length")
+    shuffle: bool = Field(True, description="shuffle the mixed rows with the data seed")
+
+
+class OutputSection(Section):
+    dir: str = Field(description="run directory of this stage: checkpoint/, metrics.jsonl, manifest.json, plots")
+    save_every: int = Field(0, ge=0, description="write a resumable checkpoint every N optimizer steps (0: only at the end)")
+    keep_last: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
+
+
+class DistributedSection(Section):
+    num_workers: int = Field(1, ge=1, description="training ranks (Ray workers)")
+    use_gpu: bool = Field(False, description="one GPU per rank")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank")
+    ray_address: Optional[str] = Field(None, description="Ray cluster to join; default: RAY_ADDRESS or a local Ray")
+
+
+class DeepSpeedSection(Section):
+    enabled: bool = Field(True, description="train through DeepSpeed (ZeRO); false: plain torch DDP")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage")
+    offload_optimizer: bool = Field(False, description="keep optimizer state on the CPU (ZeRO-Offload)")
+    offload_params: bool = Field(False, description="keep parameters on the CPU (ZeRO-3 only)")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero3(self):
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+
+class LoggingSection(Section):
+    every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
+    tensorboard: bool = Field(True, description="also write TensorBoard events under the run directory")
+    wandb_project: Optional[str] = Field(None, description="Weights & Biases project; unset: no W&B")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class OptimSection(Section):
+    lr: float = Field(gt=0, description="peak learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="decay after warmup (linear: to 0)")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="fraction of steps spent warming up linearly")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    epochs: float = Field(1.0, gt=0, description="passes over the training mixture")
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+
+
+class BatchSection(Section):
+    tokens: Optional[int] = Field(None, ge=1, description="tokens per optimizer step (Olmo 3 SFT: 1M); accumulation is derived")
+    sequences: Optional[int] = Field(None, ge=1, description="sequences per optimizer step, if not given in tokens")
+    micro_batch_size: int = Field(1, ge=1, description="sequences per forward pass per rank")
+
+    @model_validator(mode="after")
+    def _tokens_or_sequences(self):
+        if (self.tokens is None) == (self.sequences is None):
+            raise ValueError("give exactly one of batch.tokens or batch.sequences")
+        return self
+
+
+class LoraSection(Section):
+    enabled: bool = Field(False, description="train LoRA adapters (merged into the weights on export)")
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="adapter scaling numerator")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: Union[str, list[str]] = Field("all-linear", description="modules to adapt")
+
+
+class StageConfig(Section):
+    """Fields every stage has; each stage schema extends it with its own section."""
+
+    stage: str = Field(description="which stage schema this recipe uses (sft, dpo, rlvr)")
+    variant: Literal["think", "instruct"] = Field("think", description="chat style: Think (<think> block) or Instruct")
+    seed: int = Field(0, description="global seed: init, dropout, sampling")
+    model: ModelSection
+    data: DataSection
+    output: OutputSection
+    optim: OptimSection
+    batch: BatchSection
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+# --------------------------------------------------------------------------
+# Stage schemas
+
+
+class SFTSection(Section):
+    packing: bool = Field(True, description="pack several conversations per sequence, no attention across them")
+    train_on_think: bool = Field(True, description="include the <think> block in the loss for Think data")
+
+
+class SFTConfig(StageConfig):
+    stage: Literal["sft"]
+    sft: SFTSection = Field(default_factory=SFTSection)
+
+
+class DPOSection(Section):
+    loss: str = Field("dpo_norm", description="registered preference loss: dpo, dpo_norm, ipo, simpo")
+    beta: float = Field(5.0, gt=0, description="inverse temperature of the implicit reward")
+    gamma: float = Field(0.0, ge=0, description="SimPO target margin")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO label noise")
+    reference_cache: Optional[str] = Field(None, description="directory of cached reference log-probs; default: under the run directory")
+    max_length_diff: Optional[int] = Field(None, ge=0, description="drop pairs whose chosen/rejected token lengths differ by more")
+    on_bad_pair: Literal["error", "skip"] = Field("error", description="identical sides, missing side, differing prompts")
+
+
+class DPOConfig(StageConfig):
+    stage: Literal["dpo"]
+    dpo: DPOSection = Field(default_factory=DPOSection)
+
+
+class RolloutSection(Section):
+    engine: str = Field("vllm", description="registered rollout engine: vllm or hf")
+    num_engines: int = Field(1, ge=1, description="rollout engine actors")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM memory fraction (CPU memory on vLLM-CPU)")
+    kv_cache_gib: Optional[float] = Field(None, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_prompt_length: int = Field(2048, ge=1, description="prompt tokens kept (left-truncated beyond)")
+    max_response_length: int = Field(8192, ge=1, description="generated tokens per sample")
+
+
+class GRPOSection(Section):
+    prompts_per_step: int = Field(64, ge=1, description="prompts per optimizer step")
+    samples_per_prompt: int = Field(8, ge=1, description="group size n")
+    minibatches: int = Field(1, ge=1, description="optimizer updates per step (the step's samples split evenly)")
+    steps: int = Field(1, ge=1, description="training steps")
+    advantage: str = Field("group_mean", description="registered advantage estimator: group_mean, group_mean_std")
+    loss_aggregation: Literal["token", "sequence"] = Field("token", description="token: DAPO token-level mean; sequence: per-sample mean")
+    eps_low: float = Field(0.2, ge=0, description="lower PPO clip (ratio >= 1 - eps_low)")
+    eps_high: float = Field(0.272, ge=0, description="upper PPO clip, clip-higher (ratio <= 1 + eps_high)")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy (Olmo 3: 0)")
+    filter_equal_groups: bool = Field(True, description="drop groups whose rewards are all equal")
+    active_sampling: bool = Field(False, description="draw more prompts until the batch has enough non-equal groups")
+    max_active_sampling_rounds: int = Field(4, ge=1, description="bound on refill rounds per step")
+    truncated_is_cap: Optional[float] = Field(None, gt=0, description="cap on engine/learner importance weights (None: off)")
+    overlong: Literal["none", "filter", "soft_penalty"] = Field("none", description="treatment of truncated responses")
+    overlong_buffer: int = Field(0, ge=0, description="soft penalty ramps over the last N tokens")
+    max_async_steps: int = Field(1, ge=0, description="generation may run k policy versions ahead (0: on-policy)")
+
+
+class VerifiersSection(Section):
+    modules: list[str] = Field(default_factory=list, description="modules importing @rewards.register verifiers")
+    timeout: float = Field(10.0, gt=0, description="seconds per scored item before it scores 0")
+    max_workers: Optional[int] = Field(None, ge=1, description="reward worker processes")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-verifier context, e.g. {code: {pass_threshold: 0.99}}")
+
+
+class EvalSection(Section):
+    every: int = Field(0, ge=0, description="evaluate held-out pass@1 every N steps (0: only before and after)")
+    max_prompts: Optional[int] = Field(None, ge=1, description="held-out prompts used per evaluation")
+    temperature: float = Field(0.0, ge=0, description="evaluation sampling temperature (0: greedy)")
+
+
+class RLVRConfig(StageConfig):
+    stage: Literal["rlvr"]
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    grpo: GRPOSection = Field(default_factory=GRPOSection)
+    verifiers: VerifiersSection = Field(default_factory=VerifiersSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    batch: BatchSection = Field(default_factory=lambda: BatchSection(sequences=1))
+
+
+STAGE_SCHEMAS: Registry[type[StageConfig]] = Registry("stage schema")
+STAGE_SCHEMAS.register("sft", SFTConfig)
+STAGE_SCHEMAS.register("dpo", DPOConfig)
+STAGE_SCHEMAS.register("rlvr", RLVRConfig)
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names file, key and fix."""
+
+
+COMMAND_LINE = "command line"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML with the scalars a recipe author expects.
+
+    PyYAML follows YAML 1.1, where `1e-5` is a *string* (a float needs a dot)
+    and `yes`/`no`/`on`/`off` are booleans (`model.path=on` would become True).
+    Here exponent floats are floats and only true/false are booleans, as in
+    YAML 1.2.
+    """
+
+
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_RecipeLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe YAML (see `_RecipeLoader` for the scalar rules)."""
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StageConfig:
+    """Read a recipe file (following `base:`), apply `key=value` overrides, validate."""
+    raw, origins = resolve_raw(path)
+    apply_overrides(raw, origins, overrides)
+    return validate(raw, origins, default_source=str(path))
+
+
+def apply_overrides(raw: dict, origins: dict[str, str], overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply `key.sub=value` items in order; errors they cause are reported as from the command line."""
+    for item in overrides:
+        key, value = parse_override(item)
+        set_path(raw, key, value)
+        _set_origin(origins, key, COMMAND_LINE)
+
+
+def resolve_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """The merged mapping of a recipe and its bases, and the file each leaf key came from.
+
+    Bases are merged in order (a later base wins), then the file's own keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise RecipeError(f"recipe inheritance cycle: {chain}")
+    try:
+        own = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(own, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(own).__name__}")
+    merged: dict = {}
+    origins: dict[str, str] = {}
+    for base in _base_paths(path, own.pop("base", None)):
+        base_raw, base_origins = resolve_raw(base, (*_seen, resolved))
+        deep_merge(merged, base_raw)
+        for key, source in base_origins.items():
+            _set_origin(origins, key, source)
+    deep_merge(merged, own)
+    for key in leaf_paths(own):
+        _set_origin(origins, key, str(path))
+    return merged, origins
+
+
+def _base_paths(path: Path, bases: Any) -> list[Path]:
+    """The files named by a recipe's `base:` (a path or a list of paths, relative to the recipe)."""
+    if bases is None:
+        return []
+    names = [bases] if isinstance(bases, str) else bases
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise RecipeError(f"{path}: key 'base': expected a file name or a list of file names, got {bases!r}")
+    found = []
+    for name in names:
+        base = path.parent / name
+        if not base.is_file():
+            raise RecipeError(f"{path}: key 'base': base recipe {name!r} not found (looked for {base})")
+        found.append(base)
+    return found
+
+
+def _set_origin(origins: dict[str, str], key: str, source: str) -> None:
+    """Record that `source` set `key`; whatever it replaced below that key came from it too."""
+    prefix = key + "."
+    for stale in [k for k in origins if k.startswith(prefix)]:
+        del origins[stale]
+    origins[key] = source
+
+
+def deep_merge(into: dict, other: dict) -> dict:
+    """Merge `other` into `into` in place; mappings merge, everything else (lists too) replaces."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+def leaf_paths(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the non-mapping values (and empty mappings) of a nested mapping."""
+    out = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        out.extend(leaf_paths(value, dotted + ".") if isinstance(value, dict) and value else [dotted])
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`optim.lr=1e-5` -> ("optim.lr", 1e-05). The value is YAML: numbers, true/false, null, [lists], {maps}.
+
+    A value that is not valid YAML is kept as the plain string.
+    """
+    if "=" not in item:
+        raise RecipeError(f"{COMMAND_LINE}: override {item!r} must look like key.sub=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"{COMMAND_LINE}: override {item!r}: empty key part")
+    try:
+        value = load_yaml(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, creating mappings on the way; `data.train.0.count` indexes a list."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, parts[: depth + 1])]
+            continue
+        child = node.get(part)
+        if not isinstance(child, (dict, list)):
+            child = node[part] = {}
+        node = child
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], parts)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(items: list, part: str, parts: list[str]) -> int:
+    where = ".".join(parts)
+    if not part.lstrip("-").isdigit() or not -len(items) <= int(part) < len(items):
+        raise RecipeError(f"{COMMAND_LINE}: override key {where!r}: {part!r} is not an index of a list of {len(items)}")
+    return int(part)
+
+
+def validate(raw: dict, origins: dict[str, str] | None = None, default_source: str = "recipe") -> StageConfig:
+    """Pick the schema from `stage:` and validate, turning errors into one clear message."""
+    origins = origins or {}
+    stage = raw.get("stage")
+    valid = ", ".join(STAGE_SCHEMAS.names())
+    if stage is None:
+        raise RecipeError(f"{default_source}: missing key 'stage' (one of {valid})")
+    if not isinstance(stage, str) or stage not in STAGE_SCHEMAS:
+        source = origin_of("stage", origins, default_source)
+        detail = STAGE_SCHEMAS.unknown_message(stage) if isinstance(stage, str) else f"expected one of {valid}, got {stage!r}"
+        raise RecipeError(f"{source}: key 'stage': {detail}")
+    schema = STAGE_SCHEMAS.get(stage)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        lines = describe_errors(schema, err.errors(), origins, default_source)
+        raise RecipeError(f"invalid {stage} recipe:\n  " + "\n  ".join(lines)) from None
+
+
+def describe_errors(schema: type[BaseModel], errors: list[dict], origins: dict[str, str], default_source: str) -> list[str]:
+    """One line per bad key; the alternatives of a union (str or list[str]) are merged into one line."""
+    grouped: dict[tuple, list[dict]] = {}
+    for error in errors:
+        keys = tuple(error["loc"]) if error["type"] == "extra_forbidden" else _recipe_keys(schema, tuple(error["loc"]))
+        grouped.setdefault(keys, []).append(error)
+    return [describe_error(schema, keys, group, origins, default_source) for keys, group in grouped.items()]
+
+
+def describe_error(schema: type[BaseModel], loc: tuple, errors: list[dict], origins: dict[str, str], default_source: str) -> str:
+    error = errors[0]
+    dotted = ".".join(str(p) for p in loc)
+    source = origin_of(dotted, origins, default_source)
+    if error["type"] == "extra_forbidden":
+        valid = field_names_at(schema, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(map(str, (*loc[:-1], close[0])))!r}?" if close else ""
+        return f"{source}: unknown key {dotted!r}{hint} (valid here: {', '.join(valid)})"
+    if error["type"] == "missing":
+        field = _field_at(schema, loc)
+        about = f" ({field.description})" if field is not None and field.description else ""
+        return f"{source}: missing required key {dotted!r}{about}"
+    expected = " or ".join(dict.fromkeys(e["msg"].replace("Value error, ", "") for e in errors))
+    got = error.get("input")
+    where = f"key {dotted!r}" if dotted else "recipe"
+    if isinstance(got, dict):  # a rule across the fields of a section: the section is the input
+        return f"{source}: {where}: {expected}"
+    return f"{source}: {where}: {expected}, got {got!r}"
+
+
+def origin_of(dotted: str, origins: dict[str, str], default: str) -> str:
+    """The file that set this key (or the closest enclosing key that a file set)."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:end]))
+        if found:
+            return found
+    prefix = dotted + "."
+    inside = [src for key, src in origins.items() if key.startswith(prefix)]
+    return inside[0] if inside else default
+
+
+def _recipe_keys(schema: type[BaseModel], loc: tuple) -> tuple:
+    """The part of a pydantic error location that is recipe keys and list indices.
+
+    Pydantic appends the alternative's type to the location of a union error
+    (`lora.target_modules.list[str].0`); those tags are not keys of the recipe.
+    """
+    annotation: Any = schema
+    for depth, part in enumerate(loc):
+        annotation = _strip_optional(annotation)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation = annotation.model_fields[part].annotation
+        elif origin in (list, tuple) and isinstance(part, int):
+            args = typing.get_args(annotation)
+            annotation = args[min(part, len(args) - 1)] if origin is tuple and Ellipsis not in args else args[0]
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return loc[:depth]
+    return loc
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return annotation
+
+
+def _field_at(schema: type[BaseModel], loc: tuple) -> Any:
+    """The pydantic FieldInfo named by `loc` (list indices skipped), or None."""
+    model = _walk_models(schema, loc[:-1]) if loc else None
+    return model.model_fields.get(loc[-1]) if model is not None else None
+
+
+def _walk_models(schema: type[BaseModel], loc: tuple) -> Any:
+    """The BaseModel reached by following field names in `loc` (ints: list items), or None."""
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def field_names_at(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys of the (possibly nested, possibly inside a list) model at `loc`."""
+    model = _walk_models(schema, loc)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] / list[...] / Union[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------
+# Writing down what ran
+
+
+def to_dict(config: BaseModel) -> dict:
+    """The resolved recipe as plain JSON-compatible data (tuples become lists)."""
+    return config.model_dump(mode="json")
+
+
+def config_hash(config: BaseModel) -> str:
+    """A stable hash of the resolved recipe (keys sorted), for manifests and caches."""
+    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_yaml(config: BaseModel) -> str:
+    """The resolved recipe as YAML, in schema order; `load_recipe` reads it back to an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
