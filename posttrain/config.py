@@ -20,6 +20,7 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -339,7 +340,7 @@ def _base_paths(path: Path, bases: Any) -> list[Path]:
         raise RecipeError(f"{path}: key 'base': expected a file name or a list of file names, got {bases!r}")
     found = []
     for name in names:
-        base = path.parent / name
+        base = Path(os.path.normpath(path.parent / name))  # recipes/x/../_base.yaml -> recipes/_base.yaml
         if not base.is_file():
             raise RecipeError(f"{path}: key 'base': base recipe {name!r} not found (looked for {base})")
         found.append(base)
@@ -466,15 +467,15 @@ def describe_error(schema: type[BaseModel], loc: tuple, errors: list[dict], orig
 
 
 def origin_of(dotted: str, origins: dict[str, str], default: str) -> str:
-    """The file that set this key (or the closest enclosing key that a file set)."""
+    """The file that set this key, else the closest enclosing key's, else every file that set keys inside it."""
     parts = dotted.split(".")
     for end in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:end]))
         if found:
             return found
     prefix = dotted + "."
-    inside = [src for key, src in origins.items() if key.startswith(prefix)]
-    return inside[0] if inside else default
+    inside = dict.fromkeys(src for key, src in origins.items() if key.startswith(prefix))
+    return ", ".join(inside) if inside else default  # a rule across a section's keys names every file that set them
 
 
 def _recipe_keys(schema: type[BaseModel], loc: tuple) -> tuple:
