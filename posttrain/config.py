@@ -51,6 +51,7 @@ class ModelSection(Section):
     attn_implementation: str = Field("sdpa", description="transformers attention backend (sdpa, eager, flash_attention_2)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
     trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
+    num_parameters: Optional[int] = Field(None, ge=1, description="parameter count, for `posttrain plan` when the checkpoint is not on this machine")
 
 
 class DatasetSpec(Section):
@@ -76,6 +77,8 @@ class DataSection(Section):
     max_length: int = Field(2048, ge=8, description="maximum tokens per training sequence")
     overlong: Literal["truncate", "drop"] = Field("drop", description="what to do with examples longer than max_length")
     shuffle: bool = Field(True, description="shuffle the mixed rows with the data seed")
+    expected_rows: Optional[int] = Field(None, ge=1, description="rows (examples, pairs or prompts) in the training mixture, as published; `posttrain plan` counts steps from it")
+    expected_tokens: Optional[int] = Field(None, ge=1, description="tokens in one pass over the training mixture, as published; `posttrain plan` counts SFT steps from it")
 
 
 class OutputSection(Section):
@@ -90,6 +93,8 @@ class DistributedSection(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank")
     ray_address: Optional[str] = Field(None, description="Ray cluster to join; default: RAY_ADDRESS or a local Ray")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per machine; `posttrain plan` packs learners and engines into nodes of this size")
+    context_parallel_size: int = Field(1, ge=1, description="ranks that split one sequence (context parallelism); data-parallel ranks = num_workers / this")
 
 
 class DeepSpeedSection(Section):
@@ -218,6 +223,7 @@ class GRPOSection(Section):
     overlong: Literal["none", "filter", "soft_penalty"] = Field("none", description="treatment of truncated responses")
     overlong_buffer: int = Field(0, ge=0, description="soft penalty ramps over the last N tokens")
     max_async_steps: int = Field(1, ge=0, description="generation may run k policy versions ahead (0: on-policy)")
+    max_pass_rate: Optional[float] = Field(None, ge=0, le=1, description="drop prompts whose precomputed (offline) pass rate is above this before training (None: keep all)")
 
 
 class VerifiersSection(Section):
