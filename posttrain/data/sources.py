@@ -1,0 +1,216 @@
+"""One dataset source (a recipe's `DatasetSpec`) -> validated, sampled rows.
+
+A source is a local file (`.jsonl`, `.json`, `.parquet`, `.arrow`), a local
+directory holding one file per split (`DIR/train.jsonl`, `DIR/heldout.parquet`,
+shards `DIR/train-00000-of-00002.parquet`, or a `save_to_disk` folder
+`DIR/train/`), or a hub dataset name. All of them load through `datasets`.
+
+Then, in order:
+1. `columns` renames source columns to the names the format expects.
+2. Every row is checked by the caller's row validator (`posttrain.data.schemas`):
+   a bad row fails as `FILE:LINE: field: problem` (the 1-based line for JSON
+   lines, `FILE:row N` otherwise), or with `on_bad_row="skip"` is dropped and
+   counted in the returned `SourceReport`.
+3. `count` / `fraction` sample the valid rows with a seed derived from the data
+   seed and the source, so a source draws the same rows whatever else is in the
+   mixture. Above the source's size the rows are repeated whole, then topped
+   up with a sample: fraction 2.5 of 10 rows is every row twice plus 5 more.
+   Sampled rows keep their file order (`posttrain.data.mixing` shuffles).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from posttrain.config import DatasetSpec
+
+RowValidator = Callable[[dict], Optional[str]]
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}  # suffix -> datasets builder
+EXAMPLES_KEPT = 5  # skip reasons kept in a report, to show what was wrong without flooding the log
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the file (and row and field where there is one)."""
+
+
+@dataclass
+class SourceReport:
+    """What one source contributed: rows read, skipped as malformed, taken after sampling."""
+
+    source: str
+    read: int = 0
+    skipped: int = 0
+    taken: int = 0
+    examples: list[str] = field(default_factory=list)  # the first few skip reasons
+
+    def describe(self) -> str:
+        text = f"{self.source}: {self.taken} rows taken of {self.read - self.skipped} valid"
+        if self.skipped:
+            text += f" ({self.skipped} malformed rows skipped, e.g. {self.examples[0]})"
+        return text
+
+
+def read_source(
+    spec: DatasetSpec, validate_row: RowValidator, *, seed: int = 0, on_bad_row: str | Callable[[str], str] = "error"
+) -> tuple[list[dict], SourceReport]:
+    """Load, rename, validate and sample one source; see the module docstring.
+
+    `on_bad_row` may also map each problem to "error" or "skip" (a stage with
+    two policies, such as DPO's malformed rows and bad pairs).
+    """
+    if not callable(on_bad_row) and on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    label, rows, locate = load_rows(spec)
+    rows = rename_columns(rows, spec.columns, label)
+    report = SourceReport(source=label, read=len(rows))
+    valid = []
+    for index, row in enumerate(rows):
+        problem = validate_row(row)
+        if problem is None:
+            valid.append(row)
+            continue
+        where = f"{locate(index)}: {problem}"
+        if (on_bad_row(problem) if callable(on_bad_row) else on_bad_row) == "error":
+            raise DataError(where)
+        report.skipped += 1
+        if len(report.examples) < EXAMPLES_KEPT:
+            report.examples.append(where)
+    n = wanted(spec, len(valid))
+    if n and not valid:
+        raise DataError(f"{label}: no valid rows to take {n} from ({report.skipped} of {report.read} rows malformed)")
+    taken = sample(valid, n, random.Random(f"{seed}|{label}"))
+    report.taken = len(taken)
+    return taken, report
+
+
+def wanted(spec: DatasetSpec, available: int) -> int:
+    """Rows a spec asks for out of `available`: count, round(fraction * available), or all."""
+    if spec.count is not None:
+        return spec.count
+    if spec.fraction is not None:
+        return round(spec.fraction * available)
+    return available
+
+
+def sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """`n` rows: whole copies while n exceeds the rows, then a seeded sample without replacement, in file order."""
+    if not rows:
+        return []
+    copies, rest = divmod(n, len(rows))
+    picked = sorted(rng.sample(range(len(rows)), rest))
+    return [dict(row) for row in rows * copies] + [dict(rows[i]) for i in picked]  # copies: a repeat is its own row
+
+
+def rename_columns(rows: list[dict], columns: dict[str, str], label: str) -> list[dict]:
+    """Apply `{source_name: expected_name}`; a source column that is absent fails naming the columns present."""
+    if not columns or not rows:
+        return rows
+    present = set(rows[0])
+    for src, dst in columns.items():
+        if src not in present:
+            raise DataError(f"{label}: columns: no column {src!r} to rename to {dst!r} (columns: {', '.join(sorted(present))})")
+        if dst in present and dst not in columns:
+            raise DataError(f"{label}: columns: renaming {src!r} to {dst!r} would overwrite the existing column {dst!r}")
+    return [{columns.get(key, key): value for key, value in row.items()} for row in rows]
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def load_rows(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
+    """(label, rows, locate): `locate(i)` names row i for error messages (`FILE:LINE` or `FILE:row N`)."""
+    path = Path(spec.path).expanduser()
+    if path.is_dir():
+        path = split_file(path, spec.split)
+    elif not path.exists():
+        if _looks_local(spec.path):
+            raise DataError(f"{spec.path}: no such file or directory")
+        return load_hub(spec)
+    if path.is_dir():  # a `save_to_disk` folder
+        import datasets
+
+        rows = datasets.load_from_disk(str(path)).to_list()
+        return str(path), rows, lambda i: f"{path}:row {i + 1}"
+    return load_file(path)
+
+
+def split_file(directory: Path, split: str) -> Path:
+    """The file (or saved-dataset folder) holding `split` inside a directory of splits."""
+    candidates = [directory / f"{split}{suffix}" for suffix in FORMATS]
+    candidates.append(directory / split)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    shards = sorted(p for p in directory.glob(f"{split}-*") if p.suffix in FORMATS)
+    if shards:
+        return shards[0] if len(shards) == 1 else directory / f"{split}-*{shards[0].suffix}"
+    present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
+    raise DataError(f"{directory}: no {split!r} split (looked for {split}.jsonl/.json/.parquet/.arrow, {split}/, {split}-*; found: {present})")
+
+
+def _looks_local(name: str) -> bool:
+    """A missing path that cannot be a hub name (it has a data suffix or starts like a file path)."""
+    return Path(name).suffix in FORMATS or name.startswith(("/", "./", "../", "~"))
+
+
+def load_file(path: Path) -> tuple[str, list[dict], Callable[[int], str]]:
+    """Rows of a local file (or a shard pattern `DIR/train-*.parquet`) through `datasets`."""
+    import datasets
+
+    builder = FORMATS.get(path.suffix)
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FORMATS)})")
+    files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+    try:
+        dataset = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as err:  # datasets wraps parse errors into an opaque one; find the line ourselves
+        raise DataError(_unreadable(files, err)) from None
+    rows = dataset.to_list()
+    lines = _json_lines(files[0]) if builder == "json" and len(files) == 1 else None
+    if lines is not None and len(lines) == len(rows):
+        return str(path), rows, lambda i: f"{path}:{lines[i]}"
+    return str(path), rows, lambda i: f"{path}:row {i + 1}"
+
+
+def _json_lines(path: Path) -> Optional[list[int]]:
+    """1-based numbers of the non-blank lines of a JSON-lines file (None for a JSON array file)."""
+    with path.open("rb") as handle:
+        numbers = [number for number, line in enumerate(handle, 1) if line.strip()]
+        handle.seek(0)
+        first = handle.read(64).lstrip()
+    return None if first.startswith(b"[") else numbers
+
+
+def _unreadable(files: list[Path], err: Exception) -> str:
+    """An error message for files `datasets` could not read: the first bad JSON line when there is one."""
+    for path in files:
+        if FORMATS.get(path.suffix) == "json" and _json_lines(path) is not None:
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        value = json.loads(line.rstrip("\r\n"))
+                    except json.JSONDecodeError as bad:
+                        return f"{path}:{number}: not valid JSON: {bad.msg} (column {bad.colno})"
+                    if not isinstance(value, dict):
+                        return f"{path}:{number}: expected a JSON object per line, got {type(value).__name__}"
+    cause = err.__cause__ or err
+    return f"{', '.join(map(str, files))}: cannot read: {type(cause).__name__}: {cause}"
+
+
+def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
+    """Rows of a hub dataset (needs network, or the datasets cache with HF_HUB_OFFLINE=1)."""
+    import datasets
+
+    label = f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
+    try:
+        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
+    except Exception as err:
+        raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: {type(err).__name__}: {err}") from None
+    return label, dataset.to_list(), lambda i: f"{label}:row {i + 1}"
