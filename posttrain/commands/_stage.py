@@ -18,6 +18,7 @@ from pathlib import Path
 from posttrain.config import RecipeError, load_recipe
 
 STAGES = ("sft", "dpo", "rlvr")  # the chain's order
+STAGE_PACKAGE = "posttrain.stages"  # drivers live at STAGE_PACKAGE.<stage>, the chain at STAGE_PACKAGE.pipeline
 NOT_BUILT = 2  # exit status of a stage (or chain) that is not built yet, and of a bad recipe
 
 
@@ -28,8 +29,12 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. optim.lr=1e-5 model.path=DIR")
 
 
-def stage_module(module: str):
-    """Import `module` if it exists; None when it is not built yet (errors inside it still raise)."""
+def stage_module(name: str):
+    """Import the driver `STAGE_PACKAGE.<name>` if it exists; None when it is not built yet.
+
+    Errors raised while importing a driver that does exist (a missing dependency, a bug) propagate.
+    """
+    module = f"{STAGE_PACKAGE}.{name}"
     try:
         found = importlib.util.find_spec(module)
     except ModuleNotFoundError:  # a parent package is missing
@@ -48,7 +53,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> int:
         return 2
     if args.output_dir:
         config.output.dir = str(args.output_dir)
-    driver = stage_module(f"posttrain.stages.{stage}")
+    driver = stage_module(stage)
     if driver is None:
         print(f"the {stage} stage is not built yet", file=sys.stderr)
         return NOT_BUILT

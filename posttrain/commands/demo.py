@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"building the tiny default in {tiny_dir} ...")
         tiny.build(tiny_dir, seed=args.seed)
-    pipeline = stage_module("posttrain.stages.pipeline")
+    pipeline = stage_module("pipeline")
     if pipeline is None:
         print("the pipeline is not built yet: the tiny default is ready, the chains cannot run", file=sys.stderr)
         return NOT_BUILT

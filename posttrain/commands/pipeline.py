@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pipeline = stage_module("posttrain.stages.pipeline")
+    pipeline = stage_module("pipeline")
     if pipeline is None:
         print("the pipeline is not built yet", file=sys.stderr)
         return NOT_BUILT
