@@ -25,6 +25,7 @@ for _name, _module in {
     "pipeline": "posttrain.commands.pipeline",
     "verify": "posttrain.commands.verify",
     "demo": "posttrain.commands.demo",
+    "plan": "posttrain.commands.plan",
 }.items():
     COMMANDS.register(_name, _module)
 

@@ -1,0 +1,402 @@
+"""What a recipe asks of a cluster, worked out before anything runs.
+
+`make_plan(config)` returns the GPUs and nodes (learners, and for RLVR the
+inference engines), how a step's batch splits over the ranks, tokens per step,
+steps and total tokens, and a rough GPU-hour estimate. It raises `PlanError`,
+listing every problem, when the resources do not add up: learner or engine
+GPUs that do not fill whole nodes, an engine wider than a node, a batch that
+is not a whole number of micro-batches on the data-parallel ranks, an RL step
+whose samples do not split into its minibatches.
+
+Counting rules:
+
+- GPUs: learners are `distributed.num_workers` (one rank per GPU, when
+  `distributed.use_gpu`); inference is `rollout.num_engines x
+  rollout.tensor_parallel_size`. Learners and engines sit on separate nodes
+  of `distributed.gpus_per_node` GPUs, unless both fit on one node together.
+- Data-parallel ranks = `num_workers / distributed.context_parallel_size`;
+  each processes `batch.micro_batch_size` sequences of `data.max_length`
+  tokens per forward pass, and gradient accumulation makes up the rest.
+- Steps: `optim.max_steps` when set; SFT from `data.expected_tokens` (tokens a
+  pass) x epochs / tokens per step; DPO from rows (`data.expected_rows`, or
+  the lines of local .jsonl sources) x epochs / pairs per step; RLVR from
+  `grpo.steps`.
+
+Estimates (see `Assumptions`): training costs 6N FLOPs per token (Kaplan et
+al. 2020, "Scaling Laws for Neural Language Models": forward 2N, backward
+4N), plus 2N per token for a forward-only pass (DPO's reference log-probs,
+RLVR's log-probs of the sampling policy); attention FLOPs are left out, which
+underestimates long sequences (at 32K tokens attention costs about as much
+again for a 7B model). GPUs deliver `mfu` of their peak. Generation runs at
+`gen_tokens_per_s` per inference GPU for a 7.3B model, inversely
+proportional to the parameter count. Where a length is only bounded (DPO
+pairs, RL prompts and responses) every sequence is taken to be `fill` of the
+bound: the default 1.0 makes those figures upper bounds.
+
+Imports only the standard library and posttrain.config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from posttrain.config import StageConfig
+from posttrain.registry import Registry
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Throughput figures behind the estimates; each is a command-line option of `posttrain plan`."""
+
+    peak_tflops: float = 989.0  # NVIDIA H100 SXM, dense bfloat16 (datasheet); the report's GPU-hours assume H100
+    mfu: float = 0.40  # fraction of peak a tuned FSDP/ZeRO-3 training job reaches
+    gen_tokens_per_s: float = 1000.0  # vLLM decode per inference GPU for a 7.3B model at long responses; rough
+    gen_reference_params: float = 7.3e9  # the model size gen_tokens_per_s is quoted for
+    fill: float = 1.0  # mean length of bounded sequences as a fraction of the bound (1.0: upper bounds)
+
+    def describe(self) -> list[str]:
+        return [
+            f"training: 6N FLOPs per trained token (+2N per forward-only token), attention not counted,"
+            f" at {self.mfu:.0%} of {self.peak_tflops:g} TFLOP/s per GPU",
+            f"generation: {self.gen_tokens_per_s:g} tokens/s per inference GPU at {self.gen_reference_params / 1e9:g}B"
+            f" parameters, scaled by 1/N",
+            f"bounded lengths (DPO pairs, RL prompts and responses) at {self.fill:.0%} of their maximum"
+            + (" (upper bounds)" if self.fill >= 1 else ""),
+        ]
+
+
+class PlanError(ValueError):
+    """A recipe whose resources do not add up; `problems` has one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: the resources do not add up:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Resources:
+    on_gpu: bool
+    gpus_per_node: int
+    learners: int  # learner ranks (GPUs when on_gpu)
+    dp_ranks: int  # learners / context_parallel_size
+    engine_gpus: int  # rollout.num_engines x tensor_parallel_size (RLVR on GPU), else 0
+    nodes: int
+
+    @property
+    def gpus(self) -> int:
+        return (self.learners + self.engine_gpus) if self.on_gpu else 0
+
+
+@dataclass
+class Plan:
+    source: str
+    stage: str
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (label, value); label "" continues
+    problems: list[str] = field(default_factory=list)
+    steps: Optional[int] = None
+    tokens_per_step: Optional[int] = None
+    total_tokens: Optional[float] = None
+    gpu_hours: Optional[float] = None
+    resources: Optional[Resources] = None
+
+    def add(self, label: str, value: str) -> None:
+        self.rows.append((label, value))
+
+
+# stage name -> function(plan, config, resources, assumptions, params) that fills in the stage's rows
+STAGE_PLANS: Registry[Callable] = Registry("stage plan")
+
+
+def make_plan(config: StageConfig, source: str = "recipe", assumptions: Assumptions = Assumptions()) -> Plan:
+    """Work out what `config` asks for; raise PlanError naming every problem."""
+    plan = Plan(source=source, stage=config.stage)
+    params = parameter_count(config)
+    about = f"{params / 1e9:.1f}B parameters" if params else "parameter count unknown: set model.num_parameters"
+    plan.add("recipe", f"{config.stage}, {config.variant}, from {config.model.path} ({about})")
+    plan.resources = resources(plan, config)
+    STAGE_PLANS.get(config.stage)(plan, config, plan.resources, assumptions, params)
+    if plan.problems:
+        raise PlanError(source, plan.problems)
+    return plan
+
+
+def resources(plan: Plan, config: StageConfig) -> Resources:
+    """GPUs and nodes; appends problems for GPU groups that do not fit whole nodes."""
+    dist = config.distributed
+    per_node = dist.gpus_per_node
+    rollout = getattr(config, "rollout", None)
+    engines = rollout.num_engines * rollout.tensor_parallel_size if rollout is not None and dist.use_gpu else 0
+    if dist.num_workers % dist.context_parallel_size:
+        plan.problems.append(
+            f"distributed.num_workers ({dist.num_workers}) is not divisible by distributed.context_parallel_size"
+            f" ({dist.context_parallel_size})"
+        )
+    res = Resources(dist.use_gpu, per_node, dist.num_workers, max(1, dist.num_workers // dist.context_parallel_size), engines, 0)
+    if not dist.use_gpu:
+        res.nodes = 1
+        plan.add("learners", f"{dist.num_workers} CPU rank(s), no GPUs (distributed.use_gpu is false)")
+        if rollout is not None:
+            plan.add("inference", f"{rollout.num_engines} {rollout.engine} engine(s) on the CPU")
+        return res
+    if rollout is not None:
+        _check_engines(plan, rollout.tensor_parallel_size, per_node)
+    _check_fills_nodes(plan, "learner GPUs (distributed.num_workers)", dist.num_workers, per_node)
+    _check_fills_nodes(plan, "inference GPUs (rollout.num_engines x tensor_parallel_size)", engines, per_node)
+    if dist.num_workers + engines <= per_node:
+        res.nodes = 1
+    else:
+        res.nodes = math.ceil(dist.num_workers / per_node) + math.ceil(engines / per_node)
+    cp = f", context parallel {dist.context_parallel_size} -> {res.dp_ranks} data-parallel ranks" if dist.context_parallel_size > 1 else ""
+    plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)}){cp}")
+    if rollout is not None:
+        plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}")
+    plan.add("total", f"{res.gpus} GPUs on {res.nodes} node(s) of {per_node}")
+    return res
+
+
+def _check_engines(plan: Plan, tp: int, per_node: int) -> None:
+    if tp > per_node:
+        plan.problems.append(f"rollout.tensor_parallel_size ({tp}) is larger than a node (distributed.gpus_per_node {per_node})")
+    elif per_node % tp:
+        plan.problems.append(
+            f"rollout.tensor_parallel_size ({tp}) does not divide a node of {per_node} GPUs: an engine would straddle two nodes"
+        )
+
+
+def _check_fills_nodes(plan: Plan, what: str, gpus: int, per_node: int) -> None:
+    if gpus > per_node and gpus % per_node:
+        plan.problems.append(f"{what}: {gpus} GPUs do not fill whole nodes of {per_node} (distributed.gpus_per_node)")
+
+
+def _nodes(gpus: int, per_node: int) -> str:
+    if gpus <= per_node:
+        return "part of a node" if gpus < per_node else "1 node"
+    return f"{gpus // per_node} nodes"
+
+
+# --------------------------------------------------------------------------
+# Stages
+
+
+def _micro_batches(plan: Plan, config: StageConfig, res: Resources, unit: str) -> Optional[int]:
+    """Sequences (or pairs) per step split over data-parallel ranks x micro-batch: the accumulation steps, or None."""
+    batch = config.batch
+    per_pass = res.dp_ranks * batch.micro_batch_size
+    if batch.tokens is not None:
+        per_pass_tokens = per_pass * config.data.max_length
+        if batch.tokens % per_pass_tokens:
+            plan.problems.append(
+                f"batch.tokens ({batch.tokens:,}) is not a multiple of data-parallel ranks x batch.micro_batch_size x"
+                f" data.max_length ({res.dp_ranks} x {batch.micro_batch_size} x {config.data.max_length:,} = {per_pass_tokens:,})"
+            )
+            return None
+        accumulation = batch.tokens // per_pass_tokens
+        plan.add("batch", f"{batch.tokens:,} tokens = {res.dp_ranks} ranks x {batch.micro_batch_size} x {config.data.max_length:,} tokens x {accumulation} accumulation")
+        return accumulation
+    if batch.sequences % per_pass:
+        plan.problems.append(
+            f"batch.sequences ({batch.sequences}) is not a multiple of data-parallel ranks x batch.micro_batch_size"
+            f" ({res.dp_ranks} x {batch.micro_batch_size} = {per_pass})"
+        )
+        return None
+    accumulation = batch.sequences // per_pass
+    plan.add("batch", f"{batch.sequences} {unit} = {res.dp_ranks} ranks x {batch.micro_batch_size} x {accumulation} accumulation")
+    return accumulation
+
+
+def _plan_sft(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+    _micro_batches(plan, config, res, "sequences")
+    data, optim = config.data, config.optim
+    tokens_per_step = config.batch.tokens or config.batch.sequences * data.max_length
+    bound = "" if config.batch.tokens else "at most "
+    plan.tokens_per_step = tokens_per_step
+    plan.add("tokens per step", f"{bound}{tokens_per_step:,}")
+    rows = training_rows(config)
+    if rows is not None:
+        plan.add("data", f"{rows:,} rows" + (f", {_si(data.expected_tokens)} tokens a pass" if data.expected_tokens else ""))
+    if optim.max_steps:
+        plan.steps = optim.max_steps
+        how = "optim.max_steps"
+    elif data.expected_tokens:
+        plan.steps = math.ceil(data.expected_tokens * optim.epochs / tokens_per_step)
+        how = f"{optim.epochs:g} epochs x {_si(data.expected_tokens)} tokens / {tokens_per_step:,}"
+    else:
+        plan.add("steps", "unknown: set data.expected_tokens (tokens a pass) or optim.max_steps")
+        return
+    plan.total_tokens = plan.steps * tokens_per_step
+    plan.add("steps", f"{plan.steps:,} ({how})")
+    plan.add("total tokens", f"{bound}{_si(plan.total_tokens)}")
+    _estimate_training(plan, res, assume, params, 6.0, plan.total_tokens)
+
+
+def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+    _micro_batches(plan, config, res, "pairs")
+    data, optim = config.data, config.optim
+    if config.batch.tokens is not None:
+        plan.problems.append("DPO counts its batch in pairs: set batch.sequences, not batch.tokens")
+        return
+    pairs = config.batch.sequences
+    tokens_per_step = round(pairs * 2 * data.max_length * assume.fill)  # chosen and rejected, each up to max_length
+    plan.tokens_per_step = tokens_per_step
+    plan.add("tokens per step", f"{_bound(assume)}{tokens_per_step:,} ({pairs} pairs x 2 x {data.max_length:,})")
+    rows = training_rows(config)
+    if optim.max_steps:
+        plan.steps, how = optim.max_steps, "optim.max_steps"
+    elif rows is not None:
+        plan.steps = math.ceil(rows * optim.epochs / pairs)
+        how = f"{optim.epochs:g} epoch(s) x {rows:,} pairs / {pairs}"
+    else:
+        plan.add("steps", "unknown: set data.expected_rows (pairs) or optim.max_steps")
+        return
+    plan.total_tokens = plan.steps * tokens_per_step
+    plan.add("steps", f"{plan.steps:,} ({how})")
+    plan.add("total tokens", f"{_bound(assume)}{_si(plan.total_tokens)}")
+    # policy forward + backward (6N) every step, reference forward (2N) once
+    _estimate_training(plan, res, assume, params, 8.0, plan.total_tokens)
+
+
+def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+    grpo, rollout = config.grpo, config.rollout
+    samples = grpo.prompts_per_step * grpo.samples_per_prompt
+    if samples % grpo.minibatches:
+        plan.problems.append(
+            f"grpo.prompts_per_step x samples_per_prompt ({grpo.prompts_per_step} x {grpo.samples_per_prompt} = {samples})"
+            f" is not divisible by grpo.minibatches ({grpo.minibatches})"
+        )
+        return
+    per_update = samples // grpo.minibatches
+    if config.batch.sequences != per_update:
+        plan.problems.append(
+            f"batch.sequences ({config.batch.sequences}) must be the samples of one optimizer update:"
+            f" prompts_per_step x samples_per_prompt / minibatches = {per_update}"
+        )
+        return
+    plan.add("samples per step", f"{grpo.prompts_per_step} prompts x {grpo.samples_per_prompt} samples = {samples}, {grpo.minibatches} update(s) of {per_update}")
+    _micro_batches(plan, config, res, "samples per update")
+    generated = samples * rollout.max_response_length * assume.fill
+    trained = samples * (rollout.max_prompt_length + rollout.max_response_length) * assume.fill
+    plan.tokens_per_step = round(trained)
+    plan.steps = grpo.steps
+    plan.total_tokens = trained * grpo.steps
+    plan.add("tokens per step", f"{_bound(assume)}{round(generated):,} generated, {round(trained):,} trained (prompt {rollout.max_prompt_length:,} + response {rollout.max_response_length:,})")
+    rows = training_rows(config)
+    passes = f", {grpo.steps * grpo.prompts_per_step / rows:.2f} passes over {rows:,} prompts" if rows else ""
+    plan.add("steps", f"{grpo.steps:,} (grpo.steps): {grpo.steps * grpo.prompts_per_step:,} prompts drawn{passes}")
+    if grpo.active_sampling:
+        plan.add("", "active sampling draws more prompts when groups are all equal: more generation than counted here")
+    plan.add("total tokens", f"{_bound(assume)}{_si(generated * grpo.steps)} generated, {_si(plan.total_tokens)} trained")
+    if not res.on_gpu or not params:
+        plan.add("estimate", _no_estimate(res, params))
+        return
+    peak = assume.peak_tflops * 1e12 * assume.mfu
+    train_s = 8.0 * params * trained / (res.learners * peak)  # update (6N) + log-probs of the sampling policy (2N)
+    gen_rate = assume.gen_tokens_per_s * assume.gen_reference_params / params * res.engine_gpus
+    gen_s = generated / gen_rate if gen_rate else math.inf
+    # asynchronous rollouts overlap generation with training; on-policy runs take turns
+    step_s = max(gen_s, train_s) if grpo.max_async_steps > 0 else gen_s + train_s
+    wall_h = step_s * grpo.steps / 3600
+    plan.gpu_hours = wall_h * res.gpus
+    plan.add("estimate", f"{_approx(assume)}{step_s:,.0f} s a step (generation {gen_s:,.0f} s, training {train_s:,.0f} s,"
+             f" {'overlapped' if grpo.max_async_steps > 0 else 'in turn'})")
+    plan.add("", f"{_approx(assume)}{wall_h:,.1f} h wall, {plan.gpu_hours:,.0f} GPU-hours ({res.gpus} GPUs held throughout)")
+
+
+STAGE_PLANS.register("sft", _plan_sft)
+STAGE_PLANS.register("dpo", _plan_dpo)
+STAGE_PLANS.register("rlvr", _plan_rlvr)
+
+
+def _estimate_training(plan: Plan, res: Resources, assume: Assumptions, params: Optional[int], flops_per_param: float, tokens: float) -> None:
+    if not res.on_gpu or not params:
+        plan.add("estimate", _no_estimate(res, params))
+        return
+    flops = flops_per_param * params * tokens
+    gpu_s = flops / (assume.peak_tflops * 1e12 * assume.mfu)
+    plan.gpu_hours = gpu_s / 3600
+    wall_h = plan.gpu_hours / res.learners
+    plan.add("estimate", f"{flops_per_param:g} x {params / 1e9:.1f}B x {_si(tokens)} tokens = {flops:.2e} FLOPs")
+    plan.add("", f"~{wall_h:,.1f} h wall, ~{plan.gpu_hours:,.0f} GPU-hours")
+
+
+def _no_estimate(res: Resources, params: Optional[int]) -> str:
+    return "not estimated: " + ("a CPU run" if not res.on_gpu else "set model.num_parameters")
+
+
+def _bound(assume: Assumptions) -> str:
+    return "at most " if assume.fill >= 1 else "about "
+
+
+def _approx(assume: Assumptions) -> str:
+    return "at most ~" if assume.fill >= 1 else "~"
+
+
+def _si(x: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+# --------------------------------------------------------------------------
+# What the plan reads besides the recipe
+
+
+def training_rows(config: StageConfig) -> Optional[int]:
+    """Rows of the training mixture: data.expected_rows, else the lines of local .jsonl sources, else None."""
+    if config.data.expected_rows:
+        return config.data.expected_rows
+    total = 0
+    for spec in config.data.train:
+        path = Path(spec.path)
+        if path.suffix != ".jsonl" or not path.is_file():
+            return None
+        with path.open("rb") as lines:
+            rows = sum(1 for line in lines if line.strip())
+        total += spec.count if spec.count is not None else round(rows * (spec.fraction or 1.0))
+    return total
+
+
+def parameter_count(config: StageConfig) -> Optional[int]:
+    """model.num_parameters, else counted from a local checkpoint's config.json (decoder-only Olmo-style), else None."""
+    if config.model.num_parameters:
+        return config.model.num_parameters
+    path = Path(config.model.path) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return count_parameters(json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def count_parameters(hf_config: dict) -> int:
+    """Weights of a decoder-only transformer from its Hugging Face config (norms included, biases not).
+
+    Per layer: attention q and o (hidden x heads*head_dim each), k and v (hidden x kv_heads*head_dim
+    each), a gated MLP (3 x hidden x intermediate) and the norms; plus the input embedding and, unless
+    tied, the output projection (vocab x hidden each).
+    """
+    hidden, layers = hf_config["hidden_size"], hf_config["num_hidden_layers"]
+    heads = hf_config["num_attention_heads"]
+    kv_heads = hf_config.get("num_key_value_heads") or heads
+    head_dim = hf_config.get("head_dim") or hidden // heads
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    mlp = 3 * hidden * hf_config["intermediate_size"]
+    norms = 2 * hidden + heads * head_dim + kv_heads * head_dim  # Olmo 3 also normalises q and k
+    embeddings = hf_config["vocab_size"] * hidden * (1 if hf_config.get("tie_word_embeddings") else 2)
+    return layers * (attention + mlp + norms) + embeddings + hidden
+
+
+def render(plan: Plan, assumptions: Assumptions) -> str:
+    """The plan as aligned text, ending with the assumptions behind the estimates when there are any."""
+    width = max(len(label) for label, _ in plan.rows)
+    lines = [plan.source]
+    lines += [f"  {label:<{width}}  {value}" for label, value in plan.rows]
+    if plan.gpu_hours is not None:
+        lines.append("  assumptions:")
+        lines += [f"    {line}" for line in assumptions.describe()]
+    return "\n".join(lines) + "\n"
