@@ -193,6 +193,12 @@ class DPOConfig(StageConfig):
     stage: Literal["dpo"]
     dpo: DPOSection = Field(default_factory=DPOSection)
 
+    @model_validator(mode="after")
+    def _pairs_per_step(self):
+        if self.batch.sequences is None:
+            raise ValueError("DPO counts its batch in pairs: give batch.sequences (pairs per step), not batch.tokens")
+        return self
+
 
 class RolloutSection(Section):
     engine: str = Field("vllm", description="registered rollout engine: vllm or hf")
@@ -204,6 +210,11 @@ class RolloutSection(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_prompt_length: int = Field(2048, ge=1, description="prompt tokens kept (left-truncated beyond)")
     max_response_length: int = Field(8192, ge=1, description="generated tokens per sample")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="engine weights dtype; auto: float32 on CPU, bfloat16 on GPU")
+    enforce_eager: Optional[bool] = Field(None, description="vLLM: no CUDA graphs or compilation; None: on for CPU, off for GPU")
+    max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
+    hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
+    weight_sync: Literal["reload", "nccl"] = Field("reload", description="how learner weights reach vLLM: reload (in-process copy, CPU or GPU) or nccl (vLLM weight-transfer API, GPU)")
 
 
 class GRPOSection(Section):
