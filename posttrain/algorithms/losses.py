@@ -330,7 +330,9 @@ def grpo_clip_loss(
     return torch.where(mask, loss, torch.zeros_like(loss)), stats
 
 
-def _clip_stats(ratio: Tensor, log_ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float) -> dict[str, Tensor]:
+def _clip_stats(
+    ratio: Tensor, log_ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float
+) -> dict[str, Tensor]:
     """Fractions of tokens clipped on each side, approx KL(old || new) and the mean ratio."""
     adv = adv.expand_as(ratio)
     clipped_high = (adv > 0) & (ratio > 1.0 + eps_high)
@@ -346,5 +348,7 @@ def _clip_stats(ratio: Tensor, log_ratio: Tensor, adv: Tensor, mask: Tensor, eps
 def _is_stats(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Mean and max over masked tokens of exp(old - engine), before any cap."""
     is_ratio = (old_logprobs - engine_logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp()
-    masked_max = torch.where(mask, is_ratio, torch.zeros_like(is_ratio)).max() if mask.any() else is_ratio.new_zeros(())
+    # ratios are positive, so 0 on masked tokens never wins the max; an empty mask gives 0
+    masked = torch.where(mask, is_ratio, torch.zeros_like(is_ratio))
+    masked_max = masked.amax() if masked.numel() else masked.new_zeros(())
     return {"is_ratio_mean": masked_mean(is_ratio, mask), "is_ratio_max": masked_max}

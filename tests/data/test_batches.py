@@ -74,7 +74,8 @@ def test_to_moves_every_tensor_and_keeps_none(make):
     for field in dataclasses.fields(batch):
         value = getattr(moved, field.name)
         assert value is None if getattr(batch, field.name) is None else value.device.type == "meta", field.name
-    assert all(getattr(batch, f.name) is None or getattr(batch, f.name).device.type == "cpu" for f in dataclasses.fields(batch))
+    originals = [getattr(batch, field.name) for field in dataclasses.fields(batch)]
+    assert all(value is None or value.device.type == "cpu" for value in originals)
 
 
 def test_sft_batch_model_inputs_and_counts():
@@ -87,7 +88,7 @@ def test_sft_batch_model_inputs_and_counts():
 
 def test_shape_mismatches_name_the_field():
     with pytest.raises(ValueError, match=r"SFTBatch.labels: dim T is 3, other fields have 4"):
-        SFTBatch(input_ids=torch.zeros(2, 4, dtype=torch.long), labels=torch.zeros(2, 3), position_ids=torch.zeros(2, 4))
+        SFTBatch(input_ids=torch.zeros(2, 4), labels=torch.zeros(2, 3), position_ids=torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"PreferenceBatch.rejected_lengths: dim B is 3"):
         dataclasses.replace(_preference(), rejected_lengths=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"RolloutBatch.engine_logprobs: expected shape \(N, Tr\)"):
