@@ -115,7 +115,7 @@ def make_plan(config: StageConfig, source: str = "recipe", assumptions: Assumpti
     """Work out what `config` asks for; raise PlanError naming every problem."""
     plan = Plan(source=source, stage=config.stage)
     params = parameter_count(config)
-    about = f"{params / 1e9:.1f}B parameters" if params else "parameter count unknown: set model.num_parameters"
+    about = f"{_si(params)} parameters" if params else "parameter count unknown: set model.num_parameters"
     plan.add("recipe", f"{config.stage}, {config.variant}, from {config.model.path} ({about})")
     plan.resources = resources(plan, config)
     STAGE_PLANS.get(config.stage)(plan, config, plan.resources, assumptions, params)

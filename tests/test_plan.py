@@ -1,0 +1,269 @@
+"""`posttrain plan`: the numbers for Olmo 3 recipes, worked out by hand, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from posttrain.cli import main
+from posttrain.config import load_recipe
+from posttrain.plan import Assumptions, PlanError, count_parameters, make_plan, render
+
+REPO = Path(__file__).resolve().parent.parent
+OLMO3 = REPO / "recipes" / "olmo3"
+H100_AT_40 = 989e12 * 0.40  # FLOP/s per GPU under the default assumptions
+
+
+def plan_of(name: str, *overrides: str, **assume):
+    return make_plan(load_recipe(OLMO3 / f"{name}.yaml", list(overrides)), name, Assumptions(**assume))
+
+
+def refusal(name: str, *overrides: str) -> list[str]:
+    with pytest.raises(PlanError) as err:
+        plan_of(name, *overrides)
+    return err.value.problems
+
+
+# --------------------------------------------------------------------------
+# Numbers checked by hand
+
+
+def test_7b_think_dpo_by_hand():
+    """7B Think DPO: 32 GPUs, 128 pairs of up to 16,384 tokens a side, 150K pairs, 1 epoch, N = 7.3e9.
+
+    - nodes: 32 / 8 = 4; accumulation: 128 pairs / (32 ranks x 1) = 4
+    - tokens per step <= 128 x 2 x 16,384 = 4,194,304
+    - steps = ceil(150,000 / 128) = ceil(1171.875) = 1,172
+    - total tokens <= 1,172 x 4,194,304 = 4,915,724,288
+    - FLOPs = 8N per token (6N policy update + 2N reference forward)
+            = 8 x 7.3e9 x 4,915,724,288 = 2.8708e20
+    - GPU-hours = 2.8708e20 / (989e12 x 0.40) / 3600 = 201.6; wall = 201.6 / 32 = 6.30 h
+    """
+    plan = plan_of("7b/think/dpo")
+    res = plan.resources
+    assert (res.learners, res.engine_gpus, res.gpus, res.nodes) == (32, 0, 32, 4)
+    assert plan.tokens_per_step == 4_194_304
+    assert plan.steps == 1172
+    assert plan.total_tokens == 4_915_724_288
+    assert plan.gpu_hours == pytest.approx(201.58, abs=0.01)
+    text = render(plan, Assumptions())
+    assert "128 pairs = 32 ranks x 1 x 4 accumulation" in text
+    assert "~6.3 h wall, ~202 GPU-hours" in text
+
+
+def test_7b_think_rlvr_by_hand():
+    """7B Think RLVR: 16 learner + 56 inference GPUs, 64 prompts x 8 samples, 1,400 steps, async.
+
+    - nodes: 16 / 8 + 56 / 8 = 2 + 7 = 9; accumulation: 512 samples / 16 ranks = 32
+    - generated per step <= 512 x 32,768 = 16,777,216; trained <= 512 x (2,048 + 32,768) = 17,825,792
+    - generation: 16,777,216 / (56 GPUs x 1,000 tokens/s) = 299.6 s
+    - training: 8 x 7.3e9 x 17,825,792 / (16 x 989e12 x 0.40) = 164.5 s
+    - asynchronous (max_async_steps 1): a step takes the longer, 299.6 s
+    - wall = 1,400 x 299.6 s = 116.5 h; GPU-hours = 116.5 x 72 = 8,389
+    """
+    plan = plan_of("7b/think/rlvr")
+    res = plan.resources
+    assert (res.learners, res.engine_gpus, res.nodes) == (16, 56, 9)
+    assert plan.tokens_per_step == 17_825_792
+    assert plan.steps == 1400
+    generation_s = 512 * 32768 / (56 * 1000.0)
+    assert generation_s == pytest.approx(299.59, abs=0.01)
+    assert 8 * 7.3e9 * 17_825_792 / (16 * H100_AT_40) == pytest.approx(164.47, abs=0.01)
+    assert plan.gpu_hours == pytest.approx(1400 * generation_s / 3600 * 72)
+    assert plan.gpu_hours == pytest.approx(8389, abs=1)
+    assert "512 samples per update = 16 ranks x 1 x 32 accumulation" in render(plan, Assumptions())
+
+
+def test_7b_think_sft_by_hand():
+    """7B Think SFT: 64 GPUs with context parallel 2 -> 32 data-parallel ranks of one 32K sequence.
+
+    - 1,048,576 tokens a step = 32 ranks x 1 x 32,768 tokens x 1 accumulation
+    - steps = ceil(2 epochs x 22.7e9 tokens / 1,048,576) = ceil(43,296.8) = 43,297
+    - FLOPs = 6 x 7.3e9 x 43,297 x 1,048,576 = 1.988e21; GPU-hours = 1.988e21 / 3.956e14 / 3600 = 1,396
+    """
+    plan = plan_of("7b/think/sft")
+    assert plan.resources.dp_ranks == 32 and plan.resources.nodes == 8
+    assert plan.steps == 43_297
+    assert plan.total_tokens == 43_297 * 2**20
+    assert plan.gpu_hours == pytest.approx(6 * 7.3e9 * 43_297 * 2**20 / H100_AT_40 / 3600)
+    assert round(plan.gpu_hours) == 1396
+
+
+def test_32b_think_rlvr_engines_of_eight_gpus():
+    """20 engines x TP 8 = 160 GPUs = 20 nodes, plus 64 learners = 8 nodes: 224 GPUs on 28 nodes."""
+    res = plan_of("32b/think/rlvr").resources
+    assert (res.learners, res.engine_gpus, res.gpus, res.nodes) == (64, 160, 224, 28)
+
+
+def test_partial_fill_scales_bounded_lengths():
+    """--fill 0.5: DPO pairs average half of max_length, so half the tokens and GPU-hours."""
+    full, half = plan_of("7b/think/dpo"), plan_of("7b/think/dpo", fill=0.5)
+    assert half.tokens_per_step == full.tokens_per_step // 2
+    assert half.gpu_hours == pytest.approx(full.gpu_hours / 2)
+    assert "about 2,097,152" in render(half, Assumptions(fill=0.5))
+
+
+def test_gpus_per_node_changes_the_node_count():
+    assert plan_of("7b/think/sft", "distributed.gpus_per_node=4").resources.nodes == 16
+
+
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(OLMO3).with_suffix("")) for p in OLMO3.rglob("[!_]*.yaml")))
+def test_every_olmo3_recipe_adds_up(name):
+    plan = plan_of(name)
+    assert plan.steps and plan.total_tokens and plan.gpu_hours and plan.resources.gpus
+
+
+# --------------------------------------------------------------------------
+# Refusals: each names what does not add up
+
+
+def test_refuses_learners_that_do_not_fill_nodes():
+    problems = refusal("7b/think/dpo", "distributed.num_workers=12")
+    assert "learner GPUs (distributed.num_workers): 12 GPUs do not fill whole nodes of 8 (distributed.gpus_per_node)" in problems
+    assert "batch.sequences (128) is not a multiple of data-parallel ranks x batch.micro_batch_size (12 x 1 = 12)" in problems
+
+
+def test_refuses_tensor_parallel_wider_than_a_node():
+    problems = refusal("32b/think/rlvr", "rollout.tensor_parallel_size=16")
+    assert problems == ["rollout.tensor_parallel_size (16) is larger than a node (distributed.gpus_per_node 8)"]
+
+
+def test_refuses_engines_that_straddle_nodes():
+    problems = refusal("32b/think/rlvr", "rollout.tensor_parallel_size=3")
+    assert "rollout.tensor_parallel_size (3) does not divide a node of 8 GPUs: an engine would straddle two nodes" in problems
+    assert "inference GPUs (rollout.num_engines x tensor_parallel_size): 60 GPUs do not fill whole nodes of 8 (distributed.gpus_per_node)" in problems
+
+
+def test_refuses_pairs_not_divisible_by_ranks_times_micro_batch():
+    assert refusal("7b/think/dpo", "batch.micro_batch_size=3") == [
+        "batch.sequences (128) is not a multiple of data-parallel ranks x batch.micro_batch_size (32 x 3 = 96)"
+    ]
+
+
+def test_refuses_token_batch_that_is_not_whole_sequences():
+    assert refusal("7b/think/sft", "batch.tokens=1000000") == [
+        "batch.tokens (1,000,000) is not a multiple of data-parallel ranks x batch.micro_batch_size x data.max_length"
+        " (32 x 1 x 32,768 = 1,048,576)"
+    ]
+
+
+def test_refuses_context_parallel_that_does_not_divide_the_ranks():
+    problems = refusal("7b/think/sft", "distributed.context_parallel_size=3")
+    assert "distributed.num_workers (64) is not divisible by distributed.context_parallel_size (3)" in problems
+
+
+def test_refuses_rl_samples_not_divisible_by_minibatches():
+    assert refusal("7b/think/rlvr", "grpo.minibatches=3") == [
+        "grpo.prompts_per_step x samples_per_prompt (64 x 8 = 512) is not divisible by grpo.minibatches (3)"
+    ]
+
+
+def test_refuses_rl_batch_that_is_not_one_minibatch():
+    assert refusal("7b/think/rlvr", "batch.sequences=256") == [
+        "batch.sequences (256) must be the samples of one optimizer update: prompts_per_step x samples_per_prompt / minibatches = 512"
+    ]
+
+
+def test_refuses_rl_minibatch_not_divisible_by_learners():
+    assert refusal("7b/instruct/rlvr", "distributed.num_workers=6") == [
+        "batch.sequences (128) is not a multiple of data-parallel ranks x batch.micro_batch_size (6 x 1 = 6)"
+    ]
+
+
+# --------------------------------------------------------------------------
+# What the plan reads besides the recipe
+
+
+def test_counts_rows_of_local_jsonl_and_parameters_of_a_local_checkpoint(tmp_path):
+    """A CPU DPO recipe on 10 local pairs, 4 a step, 2 epochs: ceil(20 / 4) = 5 steps; no GPU estimate."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(10)) + "\n")  # a trailing blank line is not a row
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY_CONFIG))
+    config = load_recipe(
+        REPO / "recipes/tiny/think/dpo.yaml",
+        [f"data.train=[{{path: {data}}}]", f"model.path={model}", "batch.sequences=4", "batch.micro_batch_size=2", "optim.epochs=2"],
+    )
+    plan = make_plan(config, "tiny dpo")
+    assert plan.steps == 5
+    assert plan.gpu_hours is None
+    text = render(plan, Assumptions())
+    assert "(87K parameters)" in text
+    assert "not estimated: a CPU run" in text and "assumptions" not in text
+
+
+TINY_CONFIG = {
+    "model_type": "olmo3",
+    "vocab_size": 100,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+}
+# head_dim 16; per layer: q, o 2 x 64 x 64 = 8,192; k, v 2 x 64 x 32 = 4,096; MLP 3 x 64 x 128 = 24,576;
+# norms 2 x 64 + 64 (q norm) + 32 (k norm) = 224 -> 37,088; x 2 layers = 74,176;
+# embeddings in and out 2 x 100 x 64 = 12,800; final norm 64: 87,040
+TINY_PARAMS = 87_040
+
+
+def test_count_parameters_by_hand():
+    assert count_parameters(TINY_CONFIG) == TINY_PARAMS
+    assert count_parameters({**TINY_CONFIG, "tie_word_embeddings": True}) == TINY_PARAMS - 6_400
+
+
+@pytest.mark.slow
+def test_count_parameters_matches_transformers_olmo3():
+    """The same config built by transformers (on the meta device: no memory) has exactly that many weights."""
+    import torch
+    from transformers import Olmo3Config, Olmo3ForCausalLM
+
+    config = Olmo3Config(**{k: v for k, v in TINY_CONFIG.items() if k != "model_type"})
+    with torch.device("meta"):
+        model = Olmo3ForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(TINY_CONFIG)
+
+
+def test_olmo3_parameter_counts_follow_the_architecture():
+    """model.num_parameters in the recipes vs the published shapes (7B: MLP 11,008; 32B: MLP 27,648, 8 KV heads)."""
+    seven = {"vocab_size": 100_278, "hidden_size": 4096, "intermediate_size": 11_008, "num_hidden_layers": 32, "num_attention_heads": 32}
+    thirty_two = {"vocab_size": 100_278, "hidden_size": 5120, "intermediate_size": 27_648, "num_hidden_layers": 64,
+                  "num_attention_heads": 40, "num_key_value_heads": 8}
+    for shape, name in ((seven, "7b/think/sft"), (thirty_two, "32b/think/sft")):
+        assert load_recipe(OLMO3 / f"{name}.yaml").model.num_parameters == pytest.approx(count_parameters(shape), rel=0.01)
+
+
+# --------------------------------------------------------------------------
+# The command
+
+
+def test_cli_prints_the_plan(capsys):
+    assert main(["plan", str(OLMO3 / "32b/think/rlvr.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "inference         160 GPUs (20 nodes): 20 engines x tensor parallel 8" in out
+    assert "224 GPUs on 28 node(s) of 8" in out
+    assert "assumptions:" in out and "989 TFLOP/s" in out
+
+
+def test_cli_refuses_with_exit_2_naming_the_problem(capsys):
+    assert main(["plan", str(OLMO3 / "7b/think/rlvr.yaml"), "grpo.minibatches=3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "7b/think/rlvr.yaml: the resources do not add up:" in captured.err
+    assert "is not divisible by grpo.minibatches (3)" in captured.err
+
+
+def test_cli_assumption_options_change_the_estimate(capsys):
+    assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "--mfu", "0.2"]) == 0
+    assert "~403 GPU-hours" in capsys.readouterr().out  # twice the 201.6 at 40%
+
+
+def test_cli_rejects_bad_recipe_and_bad_option(capsys):
+    assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'" in capsys.readouterr().err
+    assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "--mfu", "0"]) == 2
+    assert "--mfu must be positive" in capsys.readouterr().err
