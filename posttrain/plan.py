@@ -153,7 +153,8 @@ def resources(plan: Plan, config: StageConfig) -> Resources:
     cp = f", context parallel {dist.context_parallel_size} -> {res.dp_ranks} data-parallel ranks" if dist.context_parallel_size > 1 else ""
     plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)}){cp}")
     if rollout is not None:
-        plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}")
+        engines_are = f"{rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}"
+        plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {engines_are}")
     plan.add("total", f"{res.gpus} GPUs on {res.nodes} node(s) of {per_node}")
     return res
 
@@ -195,7 +196,8 @@ def _micro_batches(plan: Plan, config: StageConfig, res: Resources, unit: str) -
             )
             return None
         accumulation = batch.tokens // per_pass_tokens
-        plan.add("batch", f"{batch.tokens:,} tokens = {res.dp_ranks} ranks x {batch.micro_batch_size} x {config.data.max_length:,} tokens x {accumulation} accumulation")
+        split = f"{res.dp_ranks} ranks x {batch.micro_batch_size} x {config.data.max_length:,} tokens x {accumulation} accumulation"
+        plan.add("batch", f"{batch.tokens:,} tokens = {split}")
         return accumulation
     if batch.sequences % per_pass:
         plan.problems.append(
@@ -275,14 +277,16 @@ def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: 
             f" prompts_per_step x samples_per_prompt / minibatches = {per_update}"
         )
         return
-    plan.add("samples per step", f"{grpo.prompts_per_step} prompts x {grpo.samples_per_prompt} samples = {samples}, {grpo.minibatches} update(s) of {per_update}")
+    updates = f"{grpo.minibatches} update(s) of {per_update}"
+    plan.add("samples per step", f"{grpo.prompts_per_step} prompts x {grpo.samples_per_prompt} samples = {samples}, {updates}")
     _micro_batches(plan, config, res, "samples per update")
     generated = samples * rollout.max_response_length * assume.fill
     trained = samples * (rollout.max_prompt_length + rollout.max_response_length) * assume.fill
     plan.tokens_per_step = round(trained)
     plan.steps = grpo.steps
     plan.total_tokens = trained * grpo.steps
-    plan.add("tokens per step", f"{_bound(assume)}{round(generated):,} generated, {round(trained):,} trained (prompt {rollout.max_prompt_length:,} + response {rollout.max_response_length:,})")
+    lengths = f"prompt {rollout.max_prompt_length:,} + response {rollout.max_response_length:,}"
+    plan.add("tokens per step", f"{_bound(assume)}{round(generated):,} generated, {round(trained):,} trained ({lengths})")
     rows = training_rows(config)
     passes = f", {grpo.steps * grpo.prompts_per_step / rows:.2f} passes over {rows:,} prompts" if rows else ""
     plan.add("steps", f"{grpo.steps:,} (grpo.steps): {grpo.steps * grpo.prompts_per_step:,} prompts drawn{passes}")
@@ -310,7 +314,9 @@ STAGE_PLANS.register("dpo", _plan_dpo)
 STAGE_PLANS.register("rlvr", _plan_rlvr)
 
 
-def _estimate_training(plan: Plan, res: Resources, assume: Assumptions, params: Optional[int], flops_per_param: float, tokens: float) -> None:
+def _estimate_training(
+    plan: Plan, res: Resources, assume: Assumptions, params: Optional[int], flops_per_param: float, tokens: float
+) -> None:
     if not res.on_gpu or not params:
         plan.add("estimate", _no_estimate(res, params))
         return

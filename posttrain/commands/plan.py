@@ -16,7 +16,9 @@ _DEFAULTS = Assumptions()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/olmo3/7b/think/rlvr.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. distributed.num_workers=32")
-    parser.add_argument("--peak-tflops", type=float, default=_DEFAULTS.peak_tflops, help="peak dense bf16 TFLOP/s per GPU (default: H100, %(default)s)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=_DEFAULTS.peak_tflops, help="peak dense bf16 TFLOP/s per GPU (default: H100, %(default)s)"
+    )
     parser.add_argument("--mfu", type=float, default=_DEFAULTS.mfu, help="fraction of peak that training reaches (default %(default)s)")
     parser.add_argument(
         "--gen-tokens-per-s",
