@@ -1,0 +1,139 @@
+"""Ray: start or join a cluster, check resources up front, reserve them in placement groups.
+
+- `init_ray(address)`: joins the cluster at `address` (a recipe's
+  `distributed.ray_address`), else at `$RAY_ADDRESS`, else starts a local Ray
+  sized to this machine. Workers get a `runtime_env` carrying the environment
+  variables they need (`WORKER_ENV_VARS` and `WORKER_ENV_PREFIXES`, copied
+  from the driver when set), so a Hugging Face offline flag or a vLLM setting
+  reaches every actor on every node.
+- `require_resources(bundles, what)`: compares what a role needs (one bundle
+  per actor, e.g. `{"CPU": 1, "GPU": 1}`) with `ray.cluster_resources()` and,
+  when it cannot fit, raises `ClusterResourceError` naming the resource, how
+  much is needed and how much the cluster has, instead of letting a placement
+  group wait forever.
+- `reserve(bundles, what)`: the check above, then a placement group, waited on
+  with a timeout (the error names the bundles that could not be placed).
+
+Resources are logical in Ray: a local Ray on a 2-core machine offers 2 CPUs;
+`init_ray(num_cpus=...)` may declare more for a local run (oversubscription
+is then the caller's choice, not an accident).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Iterable
+
+# Copied from the driver's environment into every worker when set.
+WORKER_ENV_VARS = (
+    "HF_HUB_OFFLINE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR",
+    "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "WANDB_API_KEY", "WANDB_MODE",
+)
+WORKER_ENV_PREFIXES = ("VLLM_", "POSTTRAIN_")
+
+
+class ClusterResourceError(RuntimeError):
+    """The cluster cannot host what a recipe asks for; the message names what is missing."""
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables for Ray workers: the driver's values of the listed names and prefixes, plus `extra`."""
+    env = {name: os.environ[name] for name in WORKER_ENV_VARS if name in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)})
+    env.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Start or join Ray (idempotent); returns "local" or the address joined.
+
+    address: a recipe's `distributed.ray_address`; None falls back to
+    `$RAY_ADDRESS`, then to a new local Ray (num_cpus/num_gpus default to
+    this machine's).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return os.environ.get("RAY_ADDRESS") or "local"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": worker_env(env)}
+    common = dict(runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **common)
+        return address
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False, **common)
+    return "local"
+
+
+def _total(bundles: Iterable[dict[str, float]]) -> Counter:
+    total: Counter = Counter()
+    for bundle in bundles:
+        total.update({k: float(v) for k, v in bundle.items() if v})
+    return total
+
+
+def missing_resources(bundles: list[dict[str, float]], available: dict[str, float],
+                      nodes: list[dict[str, float]] | None = None) -> list[str]:
+    """Why `bundles` cannot fit: totals beyond `available`, or a bundle larger than every node. Empty when they fit."""
+    problems = []
+    for resource, needed in sorted(_total(bundles).items()):
+        have = float(available.get(resource, 0.0))
+        if needed > have + 1e-9:
+            problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}")
+    if nodes is not None and not problems:
+        for bundle in bundles:
+            fits = any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v) for node in nodes)
+            if not fits:
+                problems.append(f"no single node can hold the bundle {bundle}")
+                break
+    return problems
+
+
+def require_resources(bundles: list[dict[str, float]], what: str) -> None:
+    """Raise `ClusterResourceError` when the running cluster cannot hold `bundles` (one dict per actor)."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    problems = missing_resources(bundles, ray.cluster_resources(), nodes)
+    if problems:
+        raise ClusterResourceError(
+            f"{what} needs {len(bundles)} x {bundles[0] if bundles else {}} but does not fit: "
+            + "; ".join(problems)
+            + ". Lower the recipe's worker counts or per-worker resources, or join a bigger cluster "
+            "(distributed.ray_address or RAY_ADDRESS)."
+        )
+
+
+def reserve(bundles: list[dict[str, float]], what: str, *, strategy: str = "PACK", timeout_s: float = 120.0):
+    """A ready placement group for `bundles`, after checking that the cluster can hold them."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    require_resources(bundles, what)
+    group = placement_group(bundles, strategy=strategy)
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise ClusterResourceError(
+            f"{what}: could not place {bundles} within {timeout_s:.0f}s (resources held by other jobs? "
+            f"available now: {ray.available_resources()})"
+        )
+    return group
+
+
+def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
+    """One actor's resources."""
+    out = {"CPU": float(cpus)}
+    if gpus:
+        out["GPU"] = float(gpus)
+    return out

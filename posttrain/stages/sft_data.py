@@ -1,0 +1,232 @@
+"""SFT data path: rows -> tokenized examples -> packed (or padded) rows -> per-step micro-batches.
+
+1. Rows come from the recipe's mixture (`posttrain.data.mixing.mix_section`),
+   checked by `posttrain.data.schemas.sft_row` plus `nonempty_content`: no
+   assistant turn, an unknown role or empty content is an error naming the
+   file, row and field, or (with `data.on_bad_row: skip`) a counted skip.
+2. Each conversation is rendered with the chat template and tokenized with
+   labels on assistant tokens only (`posttrain.data.chat.tokenize_conversation`;
+   every assistant turn of a multi-turn conversation, think block included).
+   With `sft.train_on_think: false` the `<think>...</think>` span of each
+   assistant turn is masked out of the loss.
+3. Longer than `data.max_length`: `data.overlong: drop` drops the example,
+   `truncate` keeps its first max_length tokens (and drops it if no target
+   token survives). Both are counted in `DataReport`.
+4. `sft.packing: true` packs examples into rows of at most max_length tokens
+   (best-fit decreasing; positions restart per document so no attention
+   crosses documents, `posttrain.data.packing`); false: one example per row.
+5. `StepPlan` fixes, for every optimizer step, which rows it trains on:
+   rows are shuffled per epoch with the data seed, a step takes the next
+   `rows_per_step` rows, and splits them round-robin over ranks and into
+   micro-batches. The plan is a pure function of (data, seed, step), so the
+   data position of a resumed run is just its step number.
+
+Batch size: `batch.sequences` rows per step, or `batch.tokens` / max_length
+rows (a packed row holds up to max_length tokens, so this is the token
+budget of a step); accumulation = ceil(rows_per_step / (micro_batch_size x
+ranks)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from posttrain.config import SFTConfig
+from posttrain.data.batches import IGNORE_INDEX, SFTBatch
+from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, render_with_spans, tokenize_conversation
+from posttrain.data.mixing import Mixture, mix_section
+from posttrain.data.packing import PackedSequence, collate_packed, collate_padded, pack_examples
+from posttrain.data.schemas import all_of, sft_row
+
+
+def nonempty_content(row: dict) -> str | None:
+    """Every message says something (an assistant turn may carry only its reasoning)."""
+    for i, message in enumerate(row["messages"]):
+        content = message.get("content") or ""
+        if not content.strip() and not (message.get("role") == "assistant" and message.get("reasoning_content")):
+            return f"messages[{i}].content: empty"
+    return None
+
+
+SFT_ROW = all_of(sft_row, nonempty_content)
+
+
+@dataclass
+class DataReport:
+    """What happened to the rows on their way to training (goes into the manifest)."""
+
+    rows: int = 0  # valid rows in the mixture
+    skipped_bad_rows: int = 0  # malformed rows skipped (data.on_bad_row: skip)
+    bad_row_examples: list[str] = field(default_factory=list)
+    overlong_dropped: int = 0
+    overlong_truncated: int = 0
+    no_target_dropped: int = 0  # no assistant token left to learn from
+    examples: int = 0  # examples trained on
+    target_tokens: int = 0  # tokens carrying loss
+    tokens: int = 0  # all tokens of the examples
+    rows_packed: int = 0  # training rows after packing (= examples without packing)
+    sources: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def think_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of the leading `<think>...</think>` block inside each assistant span."""
+    out = []
+    for start, end in spans:
+        if text.startswith(THINK_OPEN, start):
+            close = text.find(THINK_CLOSE, start, end)
+            if close != -1:
+                out.append((start, close + len(THINK_CLOSE)))
+    return out
+
+
+def tokenize_row(tokenizer, messages, train_on_think: bool) -> dict[str, list[int]]:
+    """input_ids and labels (assistant tokens only; think blocks masked unless `train_on_think`)."""
+    example = tokenize_conversation(tokenizer, messages)
+    if train_on_think:
+        return {"input_ids": example["input_ids"], "labels": example["labels"]}
+    text, spans = render_with_spans(messages)
+    masked = think_spans(text, spans)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    labels = list(example["labels"])
+    for i, (start, _end) in enumerate(offsets):
+        if any(a <= start < b for a, b in masked):
+            labels[i] = IGNORE_INDEX
+    return {"input_ids": example["input_ids"], "labels": labels}
+
+
+def prepare_examples(mixture: Mixture, tokenizer, config: SFTConfig, report: DataReport) -> list[dict]:
+    """Tokenize the mixture's rows, apply the overlong policy, count what was dropped (see module docstring)."""
+    max_length, policy = config.data.max_length, config.data.overlong
+    examples = []
+    for row in mixture.rows:
+        example = tokenize_row(tokenizer, row["messages"], config.sft.train_on_think)
+        if len(example["input_ids"]) > max_length:
+            if policy == "drop":
+                report.overlong_dropped += 1
+                continue
+            example = {key: value[:max_length] for key, value in example.items()}
+            report.overlong_truncated += 1
+        # position 0 is never predicted, so a target there alone teaches nothing
+        if not any(label != IGNORE_INDEX for label in example["labels"][1:]):
+            report.no_target_dropped += 1
+            continue
+        examples.append(example)
+    report.examples = len(examples)
+    report.tokens = sum(len(e["input_ids"]) for e in examples)
+    report.target_tokens = sum(sum(1 for t in e["labels"][1:] if t != IGNORE_INDEX) for e in examples)
+    report.fingerprint = fingerprint(examples)
+    return examples
+
+
+def fingerprint(examples: Sequence[dict]) -> str:
+    """sha256 over every example's token ids and labels, in order (16 hex digits)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(str(example["input_ids"]).encode())
+        digest.update(str(example["labels"]).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_split(config: SFTConfig, tokenizer, split: str) -> tuple[list[dict], DataReport]:
+    """Tokenized examples of the recipe's "train" or "heldout" mixture, with their report."""
+    mixture = mix_section(config.data, SFT_ROW, split)
+    report = DataReport(rows=len(mixture), skipped_bad_rows=mixture.skipped, sources=mixture.counts(),
+                        bad_row_examples=[e for s in mixture.sources for e in s.examples][:5])
+    return prepare_examples(mixture, tokenizer, config, report), report
+
+
+def to_rows(examples: list[dict], max_length: int, packing: bool) -> list:
+    """Training rows: PackedSequences (several documents each) or the examples themselves."""
+    return pack_examples(examples, max_length) if packing else list(examples)
+
+
+def collate(rows: Sequence, pad_token_id: int) -> SFTBatch:
+    """One micro-batch: packed rows without attention mask, or padded examples with one."""
+    if isinstance(rows[0], PackedSequence):
+        return collate_packed(rows, pad_token_id=pad_token_id)
+    return collate_padded(rows, pad_token_id=pad_token_id)
+
+
+def empty_batch(pad_token_id: int) -> SFTBatch:
+    """A one-token micro-batch with no target: keeps a rank with no rows in step with the others' collectives."""
+    ids = torch.tensor([[pad_token_id]])
+    return SFTBatch(input_ids=ids, labels=torch.full_like(ids, IGNORE_INDEX), position_ids=torch.zeros_like(ids),
+                    attention_mask=None, row_lengths=torch.tensor([0]))
+
+
+def rows_per_step(config: SFTConfig) -> int:
+    """Rows per optimizer step from `batch.sequences`, or `batch.tokens` / max_length (rounded up)."""
+    if config.batch.sequences is not None:
+        return config.batch.sequences
+    return math.ceil(config.batch.tokens / config.data.max_length)
+
+
+@dataclass
+class StepPlan:
+    """Which rows each optimizer step trains on, per rank and micro-batch (see module docstring)."""
+
+    num_rows: int
+    rows_per_step: int
+    micro_batch_size: int
+    world_size: int
+    epochs: float
+    seed: int
+    max_steps: int | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_rows / self.rows_per_step)
+
+    @property
+    def total_steps(self) -> int:
+        total = math.ceil(self.epochs * self.steps_per_epoch)
+        return min(total, self.max_steps) if self.max_steps else total
+
+    @property
+    def accumulation(self) -> int:
+        return math.ceil(self.rows_per_step / (self.micro_batch_size * self.world_size))
+
+    def order(self, epoch: int) -> list[int]:
+        order = list(range(self.num_rows))
+        random.Random(f"{self.seed}|epoch{epoch}").shuffle(order)
+        return order
+
+    def step_rows(self, step: int) -> list[int]:
+        """Row indices of optimizer step `step` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        start = within * self.rows_per_step
+        return self.order(epoch)[start:start + self.rows_per_step]
+
+    def rank_micro_batches(self, step: int) -> list[list[list[int]]]:
+        """[rank][micro-batch] -> row indices; every rank gets the same number of micro-batches (some may be empty)."""
+        rows = self.step_rows(step)
+        per_rank = [rows[r::self.world_size] for r in range(self.world_size)]
+        count = max(1, max(math.ceil(len(p) / self.micro_batch_size) for p in per_rank))
+        mbs = self.micro_batch_size
+        return [[part[i * mbs:(i + 1) * mbs] for i in range(count)] for part in per_rank]
+
+
+def step_batches(plan: StepPlan, rows: Sequence, step: int, pad_token_id: int) -> list[list[SFTBatch]]:
+    """The collated micro-batches of `step` for every rank (empty micro-batches where a rank ran out of rows)."""
+    out = []
+    for rank_parts in plan.rank_micro_batches(step):
+        out.append([collate([rows[i] for i in part], pad_token_id) if part else empty_batch(pad_token_id)
+                    for part in rank_parts])
+    return out
+
+
+def batch_token_counts(batches: Sequence[SFTBatch]) -> dict[str, int]:
+    """real (non-padding) tokens, total tokens (B x T) and loss tokens of some micro-batches."""
+    real = sum(int(b.row_lengths.sum()) for b in batches)
+    total = sum(b.input_ids.numel() for b in batches if int(b.row_lengths.sum()) > 0)
+    return {"real": real, "total": total, "loss": sum(b.num_loss_tokens for b in batches)}
