@@ -1,0 +1,221 @@
+"""Run untrusted Python programs against test cases, and leave the host untouched.
+
+One call, `run_program(program, cases)`, starts one sandbox: a fresh Python
+process (the harness in `_sandbox_harness.py`) in a new session, with an
+empty environment apart from PATH, HOME and TMPDIR (nothing of the caller's
+environment reaches it), in its own temporary work directory. The program is
+compiled once; each case then runs in a fresh fork of the harness, so a case
+cannot see what an earlier one changed, and costs a fork instead of an
+interpreter start.
+
+What stops what, as root (CI, containers) with namespaces available:
+
+- network: a new network namespace with no interfaces up; nothing connects
+  anywhere, loopback included;
+- other processes: a new pid namespace whose init is the harness; cases see
+  only the sandbox's processes, cannot signal the harness (init ignores
+  SIGKILL from inside) and, when the harness exits, the kernel kills every
+  process left in the namespace;
+- files: cases run as a private unprivileged uid (one per concurrent sandbox,
+  from a locked range) with no supplementary groups and no_new_privs; /tmp,
+  /var/tmp, /dev/shm and /run/lock are covered by empty read-only tmpfs
+  mounts, so the work directory (seen as /tmp/work) is the only place it
+  can write; /proc is the namespace's own;
+- resources: per case CPU seconds, address space, file size, open files,
+  and processes (RLIMIT_NPROC, counted for the private uid alone); a
+  wall-clock limit per case and for the whole run;
+- leftovers: after every case, every other process of the sandbox is
+  killed (kill(-1) as the sandbox uid) and reaped; the caller finally kills
+  the harness's process group.
+
+What is weaker elsewhere, and how it degrades:
+
+- not root: the harness runs as the caller's user. It tries a user and
+  network namespace (no network); if the OS refuses, sockets are refused by
+  an audit hook instead. Files the user can write are protected only by that
+  audit hook (writes and deletes outside the work directory are refused),
+  and forking and running other programs are refused (so nothing can escape
+  the process group that is killed after each case). Audit hooks bind Python
+  code; ctypes is refused with them, but a native extension module can get
+  past them.
+- root without namespaces (a container without CAP_SYS_ADMIN): the private
+  uid, limits and leftover killing stay; sockets and running other programs
+  are refused by the audit hook, and world-writable directories (/tmp)
+  are writable by the sandbox uid.
+- memory is limited per process (address space), not per sandbox: at most
+  `processes` x `memory_bytes` in total.
+- a program that sets out to read the harness's own memory can forge an
+  assert test's pass; it cannot escape the sandbox by doing so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+HARNESS = Path(__file__).with_name("_sandbox_harness.py")
+# Private uids for sandboxes run as root: one per concurrent sandbox, picked
+# from this range under a file lock. High enough to own no files anywhere.
+UID_BASE = 1_500_000_000
+UID_SLOTS = 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one sandboxed program (per case unless said otherwise)."""
+
+    cpu_seconds: int = 4
+    wall_seconds: float = 6.0
+    memory_bytes: int = 1 << 30
+    file_size_bytes: int = 16 << 20
+    open_files: int = 64
+    processes: int = 32  # per sandbox (private uid), threads included
+    output_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Which protections to ask for; `Isolation.auto()` picks what this machine allows."""
+
+    namespaces: bool = True  # network (+ pid, mount as root) namespaces when the OS allows
+    drop_user: bool = True  # run as a private uid (root only)
+    audit_hook: bool = False  # in-process refusals; forced on when namespaces are unavailable
+
+    @classmethod
+    def auto(cls) -> "Isolation":
+        root = os.geteuid() == 0
+        return cls(namespaces=True, drop_user=root, audit_hook=not root)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test: text for stdin, and/or code run after the program (e.g. an assert)."""
+
+    stdin: str = ""
+    code: Optional[str] = None
+
+
+@dataclass
+class CaseResult:
+    """What one case did. `passed`: exited cleanly (and, with `code`, ran it to the end)."""
+
+    status: str  # ok, failed, timeout, cpu limit, output limit, signal NAME, error
+    passed: bool = False
+    exit: Optional[int] = None
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class SandboxRun:
+    cases: list[CaseResult]
+    isolation: dict = field(default_factory=dict)  # what was actually in force
+    error: str = ""  # set when the harness itself failed or ran out of time
+    uid: Optional[int] = None
+
+
+def run_program(program: str, cases: Sequence[Case], limits: Limits = Limits(), isolation: Optional[Isolation] = None) -> SandboxRun:
+    """Run `program` once per case in one sandbox; never raises for anything the program does."""
+    isolation = isolation or Isolation.auto()
+    cases = list(cases)
+    with _uid_slot(isolation) as uid, _workdir(uid) as workdir:
+        job = {
+            "program": program,
+            "cases": [asdict(c) for c in cases],
+            "limits": asdict(limits),
+            "isolation": {"namespaces": isolation.namespaces, "uid": uid, "audit_hook": isolation.audit_hook},
+            "workdir": str(workdir),
+            "parent_pid": os.getpid(),
+            "site_packages": site.getsitepackages(),  # importable by programs, without .pth side effects
+        }
+        total = 5.0 + len(cases) * (limits.wall_seconds + 0.5)
+        out, err, timed_out = _run_harness(job, workdir, total)
+        if uid is not None and (timed_out or not out):
+            _kill_uid(uid)  # the harness died early: make sure nothing of the sandbox survives it
+    if timed_out:
+        return SandboxRun([CaseResult("timeout") for _ in cases], error="sandbox run exceeded its total time", uid=uid)
+    try:
+        report = json.loads(out)
+    except json.JSONDecodeError:
+        detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        return SandboxRun([CaseResult("error") for _ in cases], error=f"sandbox harness failed: {detail[0]}", uid=uid)
+    return SandboxRun([CaseResult(**{k: v for k, v in c.items()}) for c in report["cases"]], report["isolation"], uid=uid)
+
+
+def _run_harness(job: dict, workdir: Path, total: float) -> tuple[bytes, bytes, bool]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", str(HARNESS)],  # no site: 20 ms instead of 100+ to start
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(json.dumps(job).encode(), timeout=total)
+        return out, err, False
+    except subprocess.TimeoutExpired:
+        return b"", b"", True
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process of a sandbox uid, through the harness's cleanup mode."""
+    subprocess.run([sys.executable, "-I", "-S", "-B", str(HARNESS)], input=json.dumps({"kill_uid": uid}).encode(), env={}, timeout=30, check=False)
+
+
+@contextmanager
+def _uid_slot(isolation: Isolation) -> Iterator[Optional[int]]:
+    """A private uid held for the duration of one run (None when not dropping privileges)."""
+    if not (isolation.drop_user and os.geteuid() == 0):
+        yield None
+        return
+    locks = Path(tempfile.gettempdir()) / "posttrain-sandbox-uids"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    start = (os.getpid() * 7919 + time.monotonic_ns()) % UID_SLOTS
+    for i in range(UID_SLOTS):
+        slot = (start + i) % UID_SLOTS
+        fd = os.open(locks / f"{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield UID_BASE + slot
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+@contextmanager
+def _workdir(uid: Optional[int]) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="posttrain-sandbox-"))
+    try:
+        if uid is not None:
+            os.chown(path, uid, uid)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
