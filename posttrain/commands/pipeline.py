@@ -1,11 +1,15 @@
 """`posttrain pipeline`: run the chain SFT -> DPO -> RLVR for one variant.
 
-Each stage reads the checkpoint the previous one wrote: the SFT recipe's
-`model.path` becomes `--base`, and every stage writes under
-`RUN_DIR/<stage>/` (checkpoint/, metrics.jsonl, manifest.json). The chain
-itself lives in `posttrain.stages.pipeline`, whose contract is
-`run(variant, recipes, base, run_dir, start="sft", overrides=()) -> Path`
-(the last stage's output directory).
+    posttrain pipeline --variant think --run-dir runs/think [--tiny DIR] [--from STAGE] [key=value | STAGE:key=value ...]
+    posttrain pipeline --variant instruct --think-run runs/think --run-dir runs/instruct
+
+Each stage reads the checkpoint the previous one wrote and writes
+`RUN_DIR/<stage>/` (checkpoint/ with a model card, metrics.jsonl,
+manifest.json, plots). The SFT input is `--base`, or for Instruct the Think
+chain's SFT checkpoint (`--think-run DIR`, as in Olmo 3), or else the SFT
+recipe's `model.path`. A rerun skips the stages whose inputs are unchanged;
+`--from STAGE` reruns that stage and the ones after it. The chain lives in
+`posttrain.stages.pipeline`.
 """
 
 from __future__ import annotations
@@ -18,15 +22,23 @@ from posttrain.commands._stage import NOT_BUILT, STAGES, stage_module
 
 HELP = "run SFT -> DPO -> RLVR for one variant (think or instruct), each stage reading the last one's checkpoint"
 VARIANTS = ("think", "instruct")
+DEFAULT_RECIPES = Path("recipes/tiny")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, choices=VARIANTS, help="Think (reasons in <think>) or Instruct")
     parser.add_argument("--recipes", metavar="DIR", help="directory holding sft.yaml, dpo.yaml, rlvr.yaml (default: recipes/tiny/VARIANT)")
-    parser.add_argument("--base", metavar="CKPT", help="base checkpoint the SFT stage starts from (default: the SFT recipe's model.path)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--base", metavar="CKPT", help="checkpoint the SFT stage starts from (default: the SFT recipe's model.path)")
+    start.add_argument("--think-run", metavar="DIR",
+                       help="instruct: start the SFT from the Think chain's SFT checkpoint DIR/sft/checkpoint, as Olmo 3 does")
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="write RUN_DIR/sft, RUN_DIR/dpo, RUN_DIR/rlvr")
-    parser.add_argument("--from", dest="start", choices=STAGES, default=STAGES[0], help="start the chain at this stage (earlier outputs must exist)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides applied to every stage")
+    parser.add_argument("--tiny", metavar="DIR", help="read the tiny default from DIR: recipe paths under runs/tiny/ move under DIR/")
+    parser.add_argument("--from", dest="start", choices=STAGES, default=None,
+                        help="rerun this stage and every later one (earlier checkpoints must exist); "
+                             "default: run the stages whose inputs changed, skip the others")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides for every stage (optim.lr=1e-5), or for one stage (rlvr:grpo.steps=20)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,14 +46,29 @@ def run(args: argparse.Namespace) -> int:
     if pipeline is None:
         print("the pipeline is not built yet", file=sys.stderr)
         return NOT_BUILT
-    recipes = Path(args.recipes) if args.recipes else Path("recipes/tiny") / args.variant
-    out = pipeline.run(
-        variant=args.variant,
-        recipes=recipes,
-        base=Path(args.base) if args.base else None,
-        run_dir=Path(args.run_dir),
-        start=args.start,
-        overrides=tuple(args.overrides),
-    )
+    recipes = Path(args.recipes) if args.recipes else DEFAULT_RECIPES / args.variant
+    relocations = (pipeline.Relocation(pipeline.TINY_ROOT, Path(args.tiny)),) if args.tiny else ()
+    try:
+        base = Path(args.base) if args.base else None
+        if args.think_run:
+            if args.variant != "instruct":
+                print("--think-run is for the instruct chain (its SFT starts from the Think SFT)", file=sys.stderr)
+                return 2
+            base = pipeline.think_sft_checkpoint(args.think_run)
+        out = pipeline.run(
+            variant=args.variant,
+            recipes=recipes,
+            base=base,
+            run_dir=Path(args.run_dir),
+            start=args.start,
+            overrides=tuple(args.overrides),
+            relocations=relocations,
+        )
+    except pipeline.StageNotBuilt as err:
+        print(err, file=sys.stderr)
+        return NOT_BUILT
+    except pipeline.PipelineError as err:
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 2
     print(f"{args.variant} chain done: {out}")
     return 0

