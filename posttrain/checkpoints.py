@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
+MODEL_CARD = "README.md"  # generated documentation: left out of the content hash, so it can be rewritten
+HASHED_EXCLUDE = (MANIFEST, MODEL_CARD)
 TRAINER_STATE = "trainer_state.json"
 RESUMABLE_DIR = "resumable"
 EXPORT_DIR = "checkpoint"
@@ -162,7 +164,7 @@ def checkpoint_hash(path: str | Path, *, use_manifest: bool = True) -> str:
         stored = read_json(manifest).get("content_hash")
         if stored:
             return stored
-    return directory_hash(path, exclude=(MANIFEST,))
+    return directory_hash(path, exclude=HASHED_EXCLUDE)
 
 
 def directory_hash(path: str | Path, exclude: tuple[str, ...] = ()) -> str:
@@ -238,15 +240,58 @@ def build_manifest(
         "git": git_commit(),
         "packages": package_versions(),
         "data": data or {},
+        "data_sources": data_source_fingerprints(config),
         "metrics": metrics or {},
         "wall_time_s": wall_time_s,
         **(extra or {}),
     }
 
 
+def source_fingerprint(path: str | Path) -> str:
+    """A content fingerprint of one dataset source: sha256 of a local file or directory, else its name.
+
+    A hub dataset cannot be read here, so its fingerprint is its name (`name:...`): a
+    change upstream goes unnoticed unless the recipe pins it differently.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return directory_hash(path)
+    if not path.is_file():
+        return "name:" + str(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def data_source_fingerprints(config: dict) -> dict[str, str]:
+    """{source path: fingerprint} for every training and held-out source a resolved recipe names."""
+    data = config.get("data") or {}
+    specs = [*(data.get("train") or []), *(data.get("heldout") or [])]
+    return {spec["path"]: source_fingerprint(spec["path"]) for spec in specs if spec.get("path")}
+
+
+def is_complete_export(path: str | Path) -> bool:
+    """True for a checkpoint directory written by `atomic_dir` + `finalize_export`.
+
+    Exports appear only by an atomic rename after their manifest (with its
+    content hash) is written, so a directory holding that manifest, a model
+    config and weights is complete; `directory_hash` re-verifies the bytes.
+    """
+    path = Path(path)
+    if not (path / MANIFEST).is_file() or not (path / "config.json").is_file():
+        return False
+    weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    try:
+        return weights and bool(read_json(path / MANIFEST).get("content_hash"))
+    except (OSError, ValueError):
+        return False
+
+
 def finalize_export(tmp: Path, manifest: dict) -> None:
     """Hash the assembled export directory and write its manifest (call before the rename)."""
-    manifest = dict(manifest, content_hash=directory_hash(tmp, exclude=(MANIFEST,)))
+    manifest = dict(manifest, content_hash=directory_hash(tmp, exclude=HASHED_EXCLUDE))
     write_json_atomic(tmp / MANIFEST, manifest)
 
 

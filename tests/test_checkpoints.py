@@ -125,3 +125,34 @@ def test_write_json_atomic_replaces_whole_files(tmp_path):
     C.write_json_atomic(path, {"step": 2})
     assert C.read_json(path) == {"step": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_manifests_fingerprint_every_data_source_by_content(tmp_path):
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout"
+    train.write_text('{"a": 1}\n')
+    heldout.mkdir()
+    (heldout / "part.jsonl").write_text('{"b": 2}\n')
+    config = {"data": {"train": [{"path": str(train)}, {"path": "allenai/some-hub-set"}],
+                       "heldout": [{"path": str(heldout)}]}}
+    first = C.data_source_fingerprints(config)
+    assert first == {str(train): C.source_fingerprint(train), "allenai/some-hub-set": "name:allenai/some-hub-set",
+                     str(heldout): C.directory_hash(heldout)}
+    manifest = C.build_manifest(stage="sft", config=config, config_hash="x", parent=None)
+    assert manifest["data_sources"] == first
+    train.write_text('{"a": 2}\n')  # same size, other bytes
+    assert C.data_source_fingerprints(config)[str(train)] != first[str(train)]
+
+
+def test_a_complete_export_needs_manifest_config_and_weights_and_ignores_the_model_card(tmp_path):
+    target = tmp_path / "checkpoint"
+    with C.atomic_dir(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(b"w")
+        C.finalize_export(tmp, {"stage": "sft"})
+    assert C.is_complete_export(target)
+    stored = C.read_json(target / C.MANIFEST)["content_hash"]
+    (target / C.MODEL_CARD).write_text("# card")  # documentation, regenerated: not part of the content
+    assert C.checkpoint_hash(target, use_manifest=False) == stored
+    (target / "model.safetensors").unlink()
+    assert not C.is_complete_export(target)
+    assert not C.is_complete_export(tmp_path / "missing")
