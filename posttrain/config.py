@@ -215,6 +215,8 @@ class RolloutSection(Section):
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
     hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
     weight_sync: Literal["reload", "nccl"] = Field("reload", description="how learner weights reach vLLM: reload (in-process copy, CPU or GPU) or nccl (vLLM weight-transfer API, GPU)")
+    cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
+    max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
 
 
 class GRPOSection(Section):
@@ -242,6 +244,8 @@ class VerifiersSection(Section):
     timeout: float = Field(10.0, gt=0, description="seconds per scored item before it scores 0")
     max_workers: Optional[int] = Field(None, ge=1, description="reward worker processes")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-verifier context, e.g. {code: {pass_threshold: 0.99}}")
+    num_workers: int = Field(1, ge=1, description="reward-worker actors; each scores its share of the responses in its own process pool")
+    cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved per reward-worker actor (0: no reservation, for machines where verifiers are light)")
 
 
 class EvalSection(Section):
@@ -256,7 +260,50 @@ class RLVRConfig(StageConfig):
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     verifiers: VerifiersSection = Field(default_factory=VerifiersSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    batch: BatchSection = Field(default_factory=lambda: BatchSection(sequences=1))
+    batch: BatchSection = Field(
+        default_factory=lambda: BatchSection(sequences=1),
+        description="RLVR: batch.sequences = samples per optimizer update = grpo.prompts_per_step x "
+                    "samples_per_prompt / grpo.minibatches (derived when omitted); batch.micro_batch_size = "
+                    "samples per forward pass per rank",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_batch(cls, raw: Any) -> Any:
+        """An omitted `batch` (or one giving only micro_batch_size) gets the sequences grpo implies."""
+        if not isinstance(raw, dict):
+            return raw
+        batch = raw.get("batch")
+        if batch is not None and (not isinstance(batch, dict) or "sequences" in batch or "tokens" in batch):
+            return raw
+        grpo = raw.get("grpo") if isinstance(raw.get("grpo"), dict) else {}
+        fields = GRPOSection.model_fields
+        try:
+            samples = int(grpo.get("prompts_per_step", fields["prompts_per_step"].default)) * int(
+                grpo.get("samples_per_prompt", fields["samples_per_prompt"].default))
+            per_update = max(1, samples // max(1, int(grpo.get("minibatches", fields["minibatches"].default))))
+        except (TypeError, ValueError):
+            return raw  # the grpo section's own errors are reported by validation
+        return {**raw, "batch": {**(batch or {}), "sequences": per_update}}
+
+    @model_validator(mode="after")
+    def _rlvr_rules(self):
+        grpo = self.grpo
+        samples = grpo.prompts_per_step * grpo.samples_per_prompt
+        if samples % grpo.minibatches:
+            raise ValueError(f"grpo.prompts_per_step x samples_per_prompt ({samples}) is not divisible by "
+                             f"grpo.minibatches ({grpo.minibatches})")
+        if self.batch.tokens is not None:
+            raise ValueError("RLVR counts its batch in samples: give batch.sequences (or omit it), not batch.tokens")
+        if self.batch.sequences * grpo.minibatches != samples:
+            raise ValueError(f"batch.sequences ({self.batch.sequences}) must be grpo.prompts_per_step x samples_per_prompt"
+                             f" / grpo.minibatches = {samples // grpo.minibatches} (or be omitted)")
+        if grpo.overlong == "soft_penalty" and not 0 < grpo.overlong_buffer <= self.rollout.max_response_length:
+            raise ValueError(f"grpo.overlong soft_penalty needs 0 < grpo.overlong_buffer <= rollout.max_response_length "
+                             f"({self.rollout.max_response_length}), got {grpo.overlong_buffer}")
+        if grpo.advantage == "group_mean_std" and grpo.samples_per_prompt < 2:
+            raise ValueError("grpo.advantage group_mean_std needs grpo.samples_per_prompt >= 2")
+        return self
 
 
 STAGE_SCHEMAS: Registry[type[StageConfig]] = Registry("stage schema")

@@ -72,7 +72,7 @@ def test_minimal_sft_recipe_loads_with_defaults(tmp_path):
 
 def test_stage_key_picks_the_schema(tmp_path):
     dpo = load_recipe(write(tmp_path, "dpo.yaml", with_(MINIMAL_SFT, stage="dpo")))
-    rlvr = load_recipe(write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr")))
+    rlvr = load_recipe(write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr", grpo={"prompts_per_step": 1})))
     assert isinstance(dpo, DPOConfig) and dpo.dpo.loss == "dpo_norm"
     assert isinstance(rlvr, RLVRConfig) and rlvr.grpo.samples_per_prompt == 8
 
@@ -80,7 +80,7 @@ def test_stage_key_picks_the_schema(tmp_path):
 def test_rlvr_batch_may_be_omitted(tmp_path):
     raw = with_(MINIMAL_SFT, stage="rlvr")
     del raw["batch"]
-    assert load_recipe(write(tmp_path, "rlvr.yaml", raw)).batch.sequences == 1
+    assert load_recipe(write(tmp_path, "rlvr.yaml", raw)).batch.sequences == 64 * 8  # derived from grpo
 
 
 def test_exponent_floats_and_yaml_1_1_booleans(tmp_path):

@@ -265,6 +265,17 @@ class Learner:
             return
         yield from self._merged_lora_weights(model)
 
+    def weight_list(self) -> list[tuple[str, torch.Tensor]]:
+        """`named_weights()` as a list of CPU tensors on rank 0, empty on the others (call on every rank).
+
+        What RLVR sends to its rollout engines through Ray's object store after each step.
+        """
+        out = []
+        for name, tensor in self.named_weights():  # collective under ZeRO-3
+            if self.rank == 0:
+                out.append((name, tensor.cpu()))
+        return out
+
     def _merged_lora_weights(self, peft_model) -> Iterator[tuple[str, torch.Tensor]]:
         from peft.tuners.lora import LoraLayer
 

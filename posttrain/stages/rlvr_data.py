@@ -1,0 +1,229 @@
+"""RLVR data: prompts in, typed batches out.
+
+- `encode_prompts(rows, tokenizer, max_prompt_length)`: RLVR rows
+  (`messages`, `ground_truth`, `verifier`) -> `Prompt`s, the chat template's
+  generation prompt tokenized and left-truncated (the end of a prompt, where
+  the question and the assistant header are, is what must survive).
+- `PromptStream`: an endless, reproducible walk over the training prompts,
+  epoch e in the order of a shuffle seeded by (data seed, e). Its state is one
+  integer (`cursor`, prompts drawn so far), which is the data position a
+  checkpoint records.
+- `Group`: one prompt's n sampled responses with their rewards and the policy
+  version that generated them.
+- `score_groups(groups, ...)`: rewards (with the optional soft overlong
+  penalty) -> group-relative advantages and the equal-reward mask, through the
+  registered pure functions of `posttrain.algorithms.advantages`.
+- `rollout_batch(samples, pad_id)`: samples -> one `RolloutBatch` (prompts
+  left-padded, responses right-padded to the longest in the batch).
+- `plan_update(...)`: a step's samples -> [minibatch][rank][micro-batch] of
+  RolloutBatch, every rank with the same number of micro-batches (an idle
+  rank gets a zero-weight batch, so collective backward passes line up).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from posttrain.algorithms.advantages import ADVANTAGES, equal_reward_groups, overlong_filter_mask, soft_overlong_penalty
+from posttrain.algorithms.masked import AGGREGATIONS
+from posttrain.data.batches import RolloutBatch
+from posttrain.data.chat import generation_prompt
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One RLVR prompt, ready for an engine and a verifier."""
+
+    index: int  # row in the training (or held-out) rows
+    ids: list[int]  # generation prompt tokens (chat template + assistant header), left-truncated
+    verifier: Any  # registered verifier name (or names), from the row
+    ground_truth: Any  # the verifier's label, from the row
+
+
+def encode_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int) -> tuple[list[Prompt], int]:
+    """(prompts, how many were left-truncated to `max_prompt_length` tokens)."""
+    prompts, truncated = [], 0
+    for index, row in enumerate(rows):
+        ids = tokenizer(generation_prompt(row["messages"]), add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_length:
+            ids, truncated = ids[-max_prompt_length:], truncated + 1
+        prompts.append(Prompt(index, list(ids), row["verifier"], row["ground_truth"]))
+    return prompts, truncated
+
+
+class PromptStream:
+    """Prompts in epochs; epoch e visits every prompt once in an order seeded by (seed, e)."""
+
+    def __init__(self, prompts: Sequence[Prompt], seed: int, cursor: int = 0):
+        if not prompts:
+            raise ValueError("no training prompts")
+        self.prompts, self.seed, self.cursor = list(prompts), seed, cursor
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.prompts)))
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+            self._orders = {epoch: order}  # one epoch at a time is all a run needs
+        return self._orders[epoch]
+
+    def take(self, count: int) -> list[Prompt]:
+        """The next `count` prompts; advances the cursor."""
+        out = []
+        for _ in range(count):
+            epoch, offset = divmod(self.cursor, len(self.prompts))
+            out.append(self.prompts[self._order(epoch)[offset]])
+            self.cursor += 1
+        return out
+
+    @property
+    def epoch(self) -> float:
+        return self.cursor / len(self.prompts)
+
+
+@dataclass
+class Group:
+    """A prompt's n responses, scored. Lists are (n,), in sample order."""
+
+    prompt: Prompt
+    response_ids: list[list[int]]
+    engine_logprobs: list[list[float]]
+    truncated: list[bool]  # finish reason "length"
+    version: int  # policy version (learner steps) of the weights that generated the group
+    rewards: list[float] = field(default_factory=list)  # verifier scores in [0, 1]
+    unscored: list[str] = field(default_factory=list)  # reasons of items that could not be scored (scored 0)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def verifier_name(self) -> str:
+        v = self.prompt.verifier
+        return v if isinstance(v, str) else "+".join(map(str, v))
+
+
+@dataclass
+class Scored:
+    """What `score_groups` computes for a step: per-group tensors, (P, G) unless noted."""
+
+    rewards: torch.Tensor  # (P, G) float32, verifier score plus any overlong penalty
+    advantages: torch.Tensor  # (P, G) float32
+    equal: torch.Tensor  # (P,) bool, all rewards of the group equal (no gradient)
+
+
+def score_groups(groups: Sequence[Group], *, advantage: str, overlong: str, overlong_buffer: int,
+                 max_response_length: int) -> Scored:
+    """Rewards -> advantages and the equal-reward mask. `overlong`: none, filter or soft_penalty.
+
+    The soft penalty (DAPO) is added to the reward before advantages are taken
+    and before groups are compared, so a group that differs only in length is
+    not equal. Filtering (zero loss weight on truncated responses) happens
+    when samples are batched (`step_samples`).
+    """
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # (P, G)
+    if overlong == "soft_penalty":
+        lengths = torch.tensor([[len(r) for r in g.response_ids] for g in groups], dtype=torch.float32)
+        rewards = rewards + soft_overlong_penalty(lengths.flatten(), max_length=max_response_length,
+                                                  buffer=overlong_buffer).view_as(rewards)
+    return Scored(rewards, ADVANTAGES.get(advantage)(rewards), equal_reward_groups(rewards))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One response with what the loss needs."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    engine_logprobs: list[float]
+    reward: float
+    advantage: float
+    group: int
+    version: int
+    truncated: bool
+    weight: float = 1.0  # 0: counted nowhere in the loss (overlong filter, padding batches)
+
+
+def step_samples(groups: Sequence[Group], scored: Scored, *, keep: torch.Tensor, overlong: str) -> list[Sample]:
+    """The samples of the groups marked in `keep` (P,) bool; overlong filter -> weight 0 on truncated ones."""
+    out = []
+    for p, group in enumerate(groups):
+        if not bool(keep[p]):
+            continue
+        for j, ids in enumerate(group.response_ids):
+            weight = 0.0 if overlong == "filter" and group.truncated[j] else 1.0
+            out.append(Sample(group.prompt.ids, ids, group.engine_logprobs[j], float(scored.rewards[p, j]),
+                              float(scored.advantages[p, j]), p, group.version, group.truncated[j], weight))
+    return out
+
+
+def rollout_batch(samples: Sequence[Sample], pad_id: int) -> RolloutBatch:
+    """Samples -> RolloutBatch (N = len(samples)); empty responses get one padding token of weight 0."""
+    n = len(samples)
+    tp = max(len(s.prompt_ids) for s in samples)
+    tr = max(max(len(s.response_ids) for s in samples), 1)
+    prompt_ids = torch.full((n, tp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((n, tp), dtype=torch.long)
+    response_ids = torch.full((n, tr), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((n, tr), dtype=torch.float32)
+    engine_logprobs = torch.zeros((n, tr), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        prompt_ids[i, tp - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+        prompt_mask[i, tp - len(s.prompt_ids):] = 1
+        length = len(s.response_ids)
+        if length:
+            response_ids[i, :length] = torch.tensor(s.response_ids)
+            engine_logprobs[i, :length] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
+            response_mask[i, :length] = s.weight
+    truncated = torch.tensor([s.truncated for s in samples], dtype=torch.bool)
+    return RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+        response_lengths=torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long),
+        response_mask=response_mask, engine_logprobs=engine_logprobs,
+        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        group_index=torch.tensor([s.group for s in samples], dtype=torch.long),
+        policy_version=torch.tensor([s.version for s in samples], dtype=torch.long),
+        truncated=truncated,
+    )
+
+
+def _padding_sample(like: Sample) -> Sample:
+    return Sample(like.prompt_ids[-1:], like.response_ids[:1], like.engine_logprobs[:1], 0.0, 0.0, -1, like.version,
+                  False, weight=0.0)
+
+
+@dataclass
+class UpdatePlan:
+    """A step's update: batches[minibatch][rank] = micro-batches, and each minibatch's loss normaliser."""
+
+    batches: list[list[list[RolloutBatch]]]
+    normalizers: list[float]  # the aggregation's count over the whole minibatch (all ranks)
+    real_tokens: int = 0  # prompt + response tokens of the step's samples (throughput)
+
+
+def plan_update(samples: Sequence[Sample], *, minibatches: int, micro_batch_size: int, world_size: int,
+                aggregation: str, pad_id: int, seed: int) -> UpdatePlan:
+    """Shuffle the step's samples (seeded), split them into `minibatches` optimizer updates of equal size
+    (the first ones take the remainder), each over `world_size` ranks in micro-batches of up to
+    `micro_batch_size`. Samples of similar length share a micro-batch to waste less padding."""
+    order = list(samples)
+    random.Random(seed).shuffle(order)
+    count = AGGREGATIONS.get(aggregation).count
+    batches, normalizers = [], []
+    for m in range(minibatches):
+        part = order[m::minibatches]
+        if not part:
+            continue
+        part.sort(key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+        micro = [part[i:i + micro_batch_size] for i in range(0, len(part), micro_batch_size)]
+        per_rank = [micro[r::world_size] for r in range(world_size)]
+        depth = max(len(chunks) for chunks in per_rank)
+        filler = [_padding_sample(part[0])]
+        per_rank = [chunks + [filler] * (depth - len(chunks)) for chunks in per_rank]
+        ranks = [[rollout_batch(chunk, pad_id) for chunk in chunks] for chunks in per_rank]
+        total = sum(float(count(b.response_mask)) for rank in ranks for b in rank)
+        batches.append(ranks)
+        normalizers.append(total)
+    return UpdatePlan(batches, normalizers, sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))

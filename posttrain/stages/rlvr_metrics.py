@@ -1,0 +1,137 @@
+"""The numbers an RLVR step logs, from its groups, its learner stats and its timers.
+
+Keys (metrics.jsonl, TensorBoard):
+
+- rollouts: `reward/mean`, `reward/std` and per verifier `reward/mean/<v>`,
+  `reward/std/<v>`; `pass_rate` and `pass_rate/<v>` (share of responses with
+  score 1); `groups/filtered_frac` (groups dropped because every reward was
+  equal), `groups/drawn`, `groups/refills` (active sampling); `response/length`
+  (mean), `response/length_max`, `response/truncated_frac`; `staleness/mean`,
+  `staleness/max` (learner steps between the generating weights and the
+  update); `verifier/unscored` (crashes, timeouts, None: scored 0).
+- update (token-weighted over the step): `loss`, `entropy`, `clip_frac`
+  (`clip_frac_low` + `clip_frac_high`), `approx_kl` (old vs updated policy,
+  non-zero only with several minibatches), `is_ratio/mean`, `is_ratio/std`,
+  `is_ratio/outside_frac` (engine vs learner probabilities, outside [0.5, 2]),
+  `is_ratio/capped_frac`, `engine_kl` (k3 KL(engine || learner)), `kl_ref`
+  (with a KL term), `grad_norm`, `lr`.
+- speed: `tokens_per_s/generate` (response tokens per second of engine time,
+  per engine), `tokens_per_s/train` (real tokens per second of the update
+  phase), `weight_sync/load_s` (engines' `load_weights` seconds, slowest
+  engine), `idle/learner` and `idle/engine` (share of the step's wall time
+  with no work on the learner, or per engine), and `time/<phase>`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+from posttrain.stages.rlvr_data import Group
+from posttrain.stages.rlvr_eval import PASS
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, drawn: int, refills: int,
+                    unscored: int) -> dict[str, float]:
+    """Rewards, pass rates, filtering, lengths and staleness of a step's groups (all of them, kept or not)."""
+    by_verifier: dict[str, list[float]] = defaultdict(list)
+    lengths, truncated, staleness = [], [], []
+    for group in groups:
+        by_verifier[group.verifier_name].extend(group.rewards)
+        lengths.extend(len(r) for r in group.response_ids)
+        truncated.extend(group.truncated)
+    for group, keep in zip(groups, kept):
+        if keep:
+            staleness.extend([step - group.version] * len(group.rewards))
+    rewards = [r for values in by_verifier.values() for r in values]
+    out = dict(zip(("reward/mean", "reward/std"), _mean_std(rewards)))
+    out["pass_rate"] = sum(r >= PASS for r in rewards) / max(len(rewards), 1)
+    for name, values in sorted(by_verifier.items()):
+        out[f"reward/mean/{name}"], out[f"reward/std/{name}"] = _mean_std(values)
+        out[f"pass_rate/{name}"] = sum(r >= PASS for r in values) / len(values)
+    out.update({
+        "groups/filtered_frac": 1.0 - sum(kept) / max(len(groups), 1),
+        "groups/drawn": drawn,
+        "groups/refills": refills,
+        "response/length": sum(lengths) / max(len(lengths), 1),
+        "response/length_max": max(lengths, default=0),
+        "response/truncated_frac": sum(truncated) / max(len(truncated), 1),
+        "staleness/mean": sum(staleness) / len(staleness) if staleness else 0.0,
+        "staleness/max": max(staleness, default=0),
+        "verifier/unscored": unscored,
+    })
+    return out
+
+
+def update_metrics(results: Sequence[dict]) -> dict[str, float]:
+    """Token-weighted means of the learner's stat sums (every rank, every minibatch)."""
+    if not results:
+        return {}
+    total: dict[str, float] = defaultdict(float)
+    for result in results:
+        for key, value in result.items():
+            total[key] += value
+    tokens = max(total["tokens"], 1.0)
+    mean = {key[:-4]: value / tokens for key, value in total.items() if key.endswith("_sum")}
+    is_mean = mean.get("is_ratio", float("nan"))
+    out = {
+        "loss": mean.get("loss", float("nan")),
+        "entropy": mean.get("entropy", float("nan")),
+        "clip_frac": mean.get("clip_frac_low", 0.0) + mean.get("clip_frac_high", 0.0),
+        "clip_frac_low": mean.get("clip_frac_low", 0.0),
+        "clip_frac_high": mean.get("clip_frac_high", 0.0),
+        "approx_kl": mean.get("approx_kl", 0.0),
+        "is_ratio/mean": is_mean,
+        "is_ratio/std": math.sqrt(max(mean.get("is_ratio_sq", 0.0) - is_mean**2, 0.0)),
+        "is_ratio/outside_frac": mean.get("is_outside", 0.0),
+        "is_ratio/capped_frac": mean.get("is_capped_frac", 0.0),
+        "engine_kl": mean.get("engine_kl", 0.0),
+        "grad_norm": results[-1].get("grad_norm", float("nan")),
+        "lr": results[-1].get("lr", float("nan")),
+        "train_tokens": total["tokens"],
+    }
+    if "kl_ref" in mean:
+        out["kl_ref"] = mean["kl_ref"]
+    return out
+
+
+def speed_metrics(times: dict[str, float], *, step_seconds: float, engine_seconds: float, num_engines: int,
+                  generated_tokens: int, trained_tokens: int, sync_seconds: Sequence[float]) -> dict[str, float]:
+    """Throughput, weight-sync seconds and idle fractions of one step."""
+    learner_busy = times.get("time/logprobs", 0.0) + times.get("time/update", 0.0)
+    step_seconds = max(step_seconds, 1e-9)
+    per_engine = engine_seconds / max(num_engines, 1)
+    return {
+        "tokens_per_s/generate": generated_tokens / per_engine if per_engine > 0 else 0.0,
+        "tokens_per_s/train": trained_tokens / times["time/update"] if times.get("time/update") else 0.0,
+        "weight_sync/load_s": max(sync_seconds, default=float("nan")),
+        "idle/learner": max(0.0, 1.0 - learner_busy / step_seconds),
+        "idle/engine": max(0.0, 1.0 - per_engine / step_seconds),
+        "time/step": step_seconds,
+    }
+
+
+PLOT_GROUPS = {
+    "reward": ("reward/mean", "pass_rate"),
+    "eval": ("eval/pass@1",),
+    "response_length": ("response/length",),
+    "filtered": ("groups/filtered_frac", "response/truncated_frac"),
+    "entropy": ("entropy",),
+    "kl": ("approx_kl", "engine_kl", "kl_ref"),
+    "clip": ("clip_frac_low", "clip_frac_high"),
+    "is_ratio": ("is_ratio/mean", "is_ratio/std", "is_ratio/outside_frac"),
+    "staleness": ("staleness/mean", "staleness/max"),
+    "throughput": ("tokens_per_s/generate", "tokens_per_s/train"),
+    "idle": ("idle/learner", "idle/engine"),
+    "time": ("time/generate", "time/score", "time/advantages", "time/logprobs", "time/update", "time/sync",
+             "time/step"),
+    "weight_sync": ("weight_sync/load_s",),
+}

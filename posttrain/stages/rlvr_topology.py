@@ -1,0 +1,180 @@
+"""The RLVR actors on Ray: learner ranks, rollout engines, reward workers, and a reference policy.
+
+Placement, from the recipe (one bundle per actor):
+
+| role | actors | bundle |
+| --- | --- | --- |
+| learner | `distributed.num_workers` | `distributed.cpus_per_worker` CPUs (+1 GPU with `use_gpu`) |
+| engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`) |
+| reward | `verifiers.num_workers` | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
+| reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
+
+`check_resources` compares the sum with the cluster before any actor starts
+and raises `ClusterResourceError` naming every role's need and the missing
+resource. Each role then gets its own placement group (PACK: a role's
+actors share nodes when they can, and spill over to others when not), so on
+a cluster the roles may sit on different nodes.
+
+`EnginePool` and `RewardPool` own their actors: they restart a dead one in
+its bundle (`restart`), and an engine restarted mid-run is sent the latest
+learner weights before it gets prompts again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from posttrain.config import RLVRConfig
+from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
+from posttrain.orchestration.cluster import ClusterResourceError, bundle, missing_resources, reserve, worker_env
+
+
+def role_bundles(config: RLVRConfig) -> dict[str, list[dict[str, float]]]:
+    """{role: one resource bundle per actor} (roles without a reservation are left out)."""
+    dist, rollout, verifiers = config.distributed, config.rollout, config.verifiers
+    gpu = 1.0 if dist.use_gpu else 0.0
+    roles = {
+        "learner": [bundle(dist.cpus_per_worker, gpu) for _ in range(dist.num_workers)],
+        "engine": [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
+                   for _ in range(rollout.num_engines)],
+    }
+    if verifiers.cpus_per_worker > 0:
+        roles["reward"] = [bundle(verifiers.cpus_per_worker) for _ in range(verifiers.num_workers)]
+    if config.grpo.kl_coef > 0:
+        roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
+    return roles
+
+
+def check_resources(config: RLVRConfig) -> None:
+    """Raise `ClusterResourceError` when the running cluster cannot hold every role at once."""
+    roles = role_bundles(config)
+    every = [b for bundles in roles.values() for b in bundles]
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    problems = missing_resources(every, ray.cluster_resources(), nodes)
+    if problems:
+        needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
+        raise ClusterResourceError(
+            f"RLVR needs {needs}; it does not fit: {'; '.join(problems)}. Lower distributed.num_workers, "
+            "rollout.num_engines, verifiers.num_workers or their cpus_per_* / GPUs, or join a bigger cluster "
+            "(distributed.ray_address or RAY_ADDRESS)."
+        )
+
+
+def _in_bundle(group, index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+
+
+class EnginePool:
+    """`rollout.num_engines` engine actors, the weights version each holds, and restarts."""
+
+    def __init__(self, config: RLVRConfig, model_path: str):
+        self.config, self.model_path = config, model_path
+        self.bundles = role_bundles(config)["engine"]
+        self.group = reserve(self.bundles, f"rollout engines ({len(self.bundles)} x {self.bundles[0]})")
+        self.actors = [self._spawn(i) for i in range(len(self.bundles))]
+        self.versions = [0] * len(self.actors)  # version of the last weights sent (calls run in order)
+        self.latest: tuple[Any, int] | None = None  # (weights ObjectRef, version) of the last sync
+        self.restarts = 0
+
+    def _spawn(self, index: int):
+        b = self.bundles[index]
+        return spawn_engine_actor(self.model_path, self.config.rollout, seed=self.config.seed * 1009 + index,
+                                  num_cpus=b["CPU"], num_gpus=b.get("GPU", 0.0),
+                                  scheduling_strategy=_in_bundle(self.group, index))
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self) -> None:
+        ray.get([actor.ping.remote() for actor in self.actors])
+
+    def sync(self, weights_ref, version: int) -> list:
+        """Queue `load_weights` on every engine (after what each is doing); refs to their seconds."""
+        self.latest = (weights_ref, version)
+        self.versions = [version] * len(self.actors)
+        return [actor.load_weights.remote(weights_ref, version) for actor in self.actors]
+
+    def relabel(self, version: int) -> list:
+        """A step that changed no weights still moves the version on (staleness counts steps); no loads."""
+        self.versions = [version] * len(self.actors)
+        if self.latest is not None:
+            self.latest = (self.latest[0], version)
+        return []
+
+    def restart(self, index: int, dead) -> None:
+        """Replace engine `index` if `dead` is still the actor there; the new one gets the latest weights."""
+        if self.actors[index] is not dead:
+            return  # already replaced for an earlier failed request
+        if self.restarts >= self.config.rollout.max_restarts:
+            raise RuntimeError(f"rollout engine {index} died and rollout.max_restarts "
+                               f"({self.config.rollout.max_restarts}) engine restarts are used up")
+        ray.kill(dead, no_restart=True)
+        self.actors[index] = self._spawn(index)
+        self.restarts += 1
+        if self.latest is not None:
+            self.actors[index].load_weights.remote(*self.latest)
+        print(f"[rlvr] rollout engine {index} died; restarted ({self.restarts} so far)")
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.group)
+
+
+class RewardPool:
+    """`verifiers.num_workers` reward-worker actors (rewards.score_batch) and restarts."""
+
+    def __init__(self, config: RLVRConfig):
+        self.config = config
+        self.bundles = role_bundles(config).get("reward")
+        self.group = reserve(self.bundles, f"reward workers ({len(self.bundles)} x {self.bundles[0]})") \
+            if self.bundles else None
+        self.actors = [self._spawn(i) for i in range(config.verifiers.num_workers)]
+        self.restarts = 0
+
+    def _spawn(self, index: int):
+        v = self.config.verifiers
+        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env()}}
+        if self.group is not None:
+            options["scheduling_strategy"] = _in_bundle(self.group, index)
+        return ray.remote(RewardWorker).options(**options).remote(v.modules, v.max_workers, v.timeout, v.options)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self) -> None:
+        ray.get([actor.ping.remote() for actor in self.actors])
+
+    def restart(self, index: int, dead) -> None:
+        if self.actors[index] is not dead:
+            return
+        ray.kill(dead, no_restart=True)
+        self.actors[index] = self._spawn(index)
+        self.restarts += 1
+        print(f"[rlvr] reward worker {index} died; restarted ({self.restarts} so far)")
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        if self.group is not None:
+            remove_placement_group(self.group)
+
+
+def spawn_reference(config: RLVRConfig, model_path: str):
+    """The frozen reference policy (KL term), in its own bundle; None when `grpo.kl_coef` is 0."""
+    bundles = role_bundles(config).get("reference")
+    if not bundles:
+        return None, None
+    group = reserve(bundles, "reference policy")
+    actor = ray.remote(ReferencePolicy).options(
+        num_cpus=bundles[0]["CPU"], num_gpus=bundles[0].get("GPU", 0.0), scheduling_strategy=_in_bundle(group, 0),
+        runtime_env={"env_vars": worker_env()},
+    ).remote(model_path, config.model.dtype, int(bundles[0]["CPU"]))
+    return actor, group
