@@ -50,7 +50,7 @@ def count_words(text: str) -> int:
     """Number of `\\w+` runs.
 
     >>> count_words("It's a well-known fact: 3 dogs.")
-    7
+    8
     """
     return len(_WORD.findall(text))
 

@@ -124,7 +124,8 @@ class SandboxRun:
     cases: list[CaseResult]
     isolation: dict = field(default_factory=dict)  # what was actually in force
     error: str = ""  # set when the harness itself failed or ran out of time
-    uid: Optional[int] = None
+    uid: Optional[int] = None  # the private uid the cases ran as (root only)
+    workdir: str = ""  # removed by the time the run returns
 
 
 def run_program(program: str, cases: Sequence[Case], limits: Limits = Limits(), isolation: Optional[Isolation] = None) -> SandboxRun:
@@ -146,13 +147,13 @@ def run_program(program: str, cases: Sequence[Case], limits: Limits = Limits(), 
         if uid is not None and (timed_out or not out):
             _kill_uid(uid)  # the harness died early: make sure nothing of the sandbox survives it
     if timed_out:
-        return SandboxRun([CaseResult("timeout") for _ in cases], error="sandbox run exceeded its total time", uid=uid)
+        return SandboxRun([CaseResult("timeout") for _ in cases], error="sandbox run exceeded its total time", uid=uid, workdir=str(workdir))
     try:
         report = json.loads(out)
     except json.JSONDecodeError:
         detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        return SandboxRun([CaseResult("error") for _ in cases], error=f"sandbox harness failed: {detail[0]}", uid=uid)
-    return SandboxRun([CaseResult(**{k: v for k, v in c.items()}) for c in report["cases"]], report["isolation"], uid=uid)
+        return SandboxRun([CaseResult("error") for _ in cases], error=f"sandbox harness failed: {detail[0]}", uid=uid, workdir=str(workdir))
+    return SandboxRun([CaseResult(**c) for c in report["cases"]], report["isolation"], uid=uid, workdir=str(workdir))
 
 
 def _run_harness(job: dict, workdir: Path, total: float) -> tuple[bytes, bytes, bool]:
