@@ -1,0 +1,229 @@
+"""Build the tiny default into a directory, atomically; tell whether one is built.
+
+Layout (a contract: stages, recipes and outside tests read it):
+
+    DIR/base/                      Hugging Face checkpoint: weights, config.json,
+                                   generation_config.json (eos <|im_end|>),
+                                   tokenizer files with the chat template
+    DIR/data/NAME/train.jsonl      NAME in sft_think, sft_instruct, dpo_think,
+    DIR/data/NAME/heldout.jsonl    dpo_instruct, rlvr
+    DIR/build.json                 seed, sizes, hashes, timings, pretraining stats
+
+Order of work: toy data (from the seed), tokenizer (trained on the toy text),
+model (initialised from the seed), pretraining (a fixed number of steps),
+then save. Everything is written into a temporary sibling directory that is
+renamed onto DIR at the end, so a killed build never looks built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from posttrain.tiny.datasets import DATASETS, DataConfig
+
+FORMAT = 1  # bump when the layout or the generators change meaning; older builds then rebuild
+SPLITS = ("train", "heldout")
+BUILD_FILE = "build.json"
+
+
+def data_path(out_dir: str | os.PathLike, name: str, split: str) -> Path:
+    return Path(out_dir) / "data" / name / f"{split}.jsonl"
+
+
+def is_built(out_dir: str | os.PathLike) -> bool:
+    """True when DIR holds a complete build of the current format."""
+    out = Path(out_dir)
+    try:
+        info = json.loads((out / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    files = [out / "base" / "config.json", out / "base" / "tokenizer.json"]
+    files += [data_path(out, name, split) for name in DATASETS for split in SPLITS]
+    return info.get("format") == FORMAT and all(f.is_file() for f in files)
+
+
+def read_build_info(out_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(out_dir) / BUILD_FILE).read_text())
+
+
+def build(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    *,
+    pretrain_steps: int | None = None,
+    data: DataConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build the tiny default into `out_dir` (replacing a previous build there); returns the path.
+
+    `pretrain_steps` overrides the default number of pretraining steps (tests
+    use a handful); `data` overrides the toy data sizes and knobs.
+    """
+    out = Path(out_dir).resolve()
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the build is an ordinary directory
+    try:
+        info = _build_into(tmp, seed, pretrain_steps, data or DataConfig(), log)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"tiny default written to {out} ({info['timings']['total_s']:.0f} s)")
+    return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory that is neither empty nor a tiny build."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if entries and not (entries & {BUILD_FILE, "base", "data"}):
+        raise FileExistsError(f"{out} is not empty and does not hold a tiny build; choose another directory")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished build onto `out`: a rename, so readers see all of it or none of it."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: DataConfig, log) -> dict:
+    # heavy imports here, so that `is_built` and the CLI's --help stay light
+    import torch
+    from transformers import Olmo3ForCausalLM
+
+    from posttrain.tiny import datasets as D
+    from posttrain.tiny.model import generation_config, tiny_config
+    from posttrain.tiny.pretrain import PretrainConfig, pack, pretrain
+    from posttrain.tiny.tokenizer import train_tokenizer
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    log(f"[1/4] toy data (seed {seed})")
+    rng = random.Random(seed)
+    pools = D.make_pools(data_cfg, rng)
+    datasets = D.build_datasets(pools, data_cfg, rng)
+    documents = D.pretraining_documents(pools, data_cfg, rng)
+    data_info = _write_datasets(root, datasets, log)
+    timings["data_s"] = time.perf_counter() - t0
+
+    log("[2/4] tokenizer: byte-level BPE on the toy text")
+    t = time.perf_counter()
+    tokenizer = train_tokenizer(_tokenizer_corpus(documents, datasets))
+    timings["tokenizer_s"] = time.perf_counter() - t
+
+    log("[3/4] model and pretraining")
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = Olmo3ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"  Olmo3ForCausalLM: {n_params:,} parameters, vocab {config.vocab_size}, "
+        f"hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads")
+    pt_cfg = PretrainConfig() if pretrain_steps is None else PretrainConfig(steps=pretrain_steps)
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    blocks = pack(tokenizer(documents, add_special_tokens=False)["input_ids"], separator, pt_cfg.block)
+    pt_stats = pretrain(model, blocks, pt_cfg, seed, log)
+    timings["pretrain_s"] = time.perf_counter() - t
+
+    log("[4/4] saving")
+    t = time.perf_counter()
+    base = root / "base"
+    model.generation_config = generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    _portable_tokenizer_config(base)
+    timings["save_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    info = {
+        "format": FORMAT,
+        "seed": seed,
+        "model": {
+            "parameters": n_params,
+            "vocab_size": config.vocab_size,
+            "tokenizer_size": len(tokenizer),
+            "hidden_size": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "heads": config.num_attention_heads,
+            "head_dim": config.hidden_size // config.num_attention_heads,
+        },
+        "hashes": {
+            "weights_sha256": weights_hash(model),
+            "tokenizer_sha256": _file_hash(base / "tokenizer.json"),
+            "data_sha256": {k: v["sha256"] for k, v in data_info.items()},
+        },
+        "data": {k: v["rows"] for k, v in data_info.items()},
+        "data_config": data_cfg.to_dict(),
+        "pretrain": {**pt_stats, "config": pt_cfg.to_dict()},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "threads": torch.get_num_threads(),
+    }
+    (root / BUILD_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _write_datasets(root: Path, datasets: dict, log) -> dict:
+    info = {}
+    for name, splits in datasets.items():
+        for split, rows in splits.items():
+            path = data_path(root, name, split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            path.write_text(text, encoding="utf-8")
+            info[f"{name}/{split}"] = {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        log(f"  data/{name}: " + ", ".join(f"{s} {len(r)}" for s, r in splits.items()))
+    return info
+
+
+def _tokenizer_corpus(documents: list[str], datasets: dict) -> list[str]:
+    """The pretraining text plus the SFT chats as plain text (role names included)."""
+    chats = [
+        f"{m['role']}\n{m['content']}"
+        for name in ("sft_think", "sft_instruct")
+        for row in datasets[name]["train"]
+        for m in row["messages"]
+    ]
+    return documents + chats
+
+
+def _portable_tokenizer_config(base: Path) -> None:
+    """Name the tokenizer class PreTrainedTokenizerFast, which every transformers version (and vLLM) loads."""
+    path = base / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def weights_hash(model) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
