@@ -26,6 +26,7 @@ for _name, _module in {
     "verify": "posttrain.commands.verify",
     "demo": "posttrain.commands.demo",
     "plan": "posttrain.commands.plan",
+    "report": "posttrain.commands.report",
 }.items():
     COMMANDS.register(_name, _module)
 

@@ -32,10 +32,10 @@ FAKE_PIPELINE = '''
 import json
 from pathlib import Path
 
-def run(variant, recipes, base, run_dir, start=None, overrides=(), relocations=()):
+def run(variant, recipes, base, run_dir, start=None, overrides=(), **options):
     run_dir.mkdir(parents=True, exist_ok=True)
     args = {"variant": variant, "recipes": str(recipes), "base": str(base), "start": start, "overrides": list(overrides),
-            "relocations": [[str(r.old), str(r.new)] for r in relocations]}
+            "options": sorted(options)}
     (run_dir / "called.json").write_text(json.dumps(args))
     return run_dir / "rlvr"
 '''
@@ -209,7 +209,7 @@ def test_pipeline_hands_its_arguments_over(with_drivers, tmp_path, capsys):
     assert code == 0 and out.strip() == f"instruct chain done: {tmp_path / 'rlvr'}"
     called = json.loads((tmp_path / "called.json").read_text())
     assert called == {"variant": "instruct", "recipes": "recipes/tiny/instruct", "base": "ckpt", "start": "dpo", "overrides": ["seed=3"],
-                      "relocations": []}
+                      "options": ["eval_prompts", "relocations"]}
 
 
 def test_pipeline_rejects_an_unknown_variant(capsys):

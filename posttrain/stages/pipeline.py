@@ -227,11 +227,14 @@ def run(
     *,
     relocations: Sequence[Relocation] = (),
     drivers: Registry[Driver] | None = None,
+    eval_prompts: int = 0,
 ) -> Path:
     """Run the chain for `variant` (see the module docstring); returns the last stage's output directory.
 
     start: None runs every stage whose inputs changed; a stage name reruns it and every later stage.
     drivers: the stage drivers by name (default: `DRIVERS`, the real stages).
+    eval_prompts: > 0 runs the held-out suite of `posttrain.evaluation` (that many RLVR prompts, and the
+        DPO held-out pairs) on the input and on every stage's checkpoint, into RUN_DIR/eval.json.
     """
     drivers = DRIVERS if drivers is None else drivers
     if start is not None and start not in CHAIN:
@@ -240,18 +243,32 @@ def run(
     per_stage = split_overrides(overrides)
     started = time.time()
     results: list[StageResult] = []
+    configs: dict[str, StageConfig] = {}
     model_path: str | Path | None = base
     for stage in CHAIN:
         out_dir = run_dir / stage
-        config = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, out_dir)
+        configs[stage] = config = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, out_dir)
         results.append(run_stage(config, out_dir, decide(stage, start), drivers))
         model_path = out_dir / EXPORT_DIR
+    if eval_prompts > 0:
+        evaluate_stages(run_dir, variant, configs, eval_prompts)
     summary = {"variant": variant, "recipes": str(recipes), "base": str(base) if base is not None else None,
                "start": start, "overrides": list(overrides), "relocations": [[str(r.old), str(r.new)] for r in relocations],
                "wall_s": round(time.time() - started, 3), "stages": [asdict(r) for r in results]}
     write_json_atomic(run_dir / PIPELINE_FILE, summary)
     print(format_table(variant, run_dir, results, summary["wall_s"]))
     return run_dir / CHAIN[-1]
+
+
+def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], max_prompts: int) -> dict:
+    """The held-out suite on the chain's input (when local) and on each stage's checkpoint: RUN_DIR/eval.json."""
+    from posttrain import evaluation
+
+    suite = evaluation.build_suite(variant, configs.get("rlvr"), configs.get("dpo"), max_prompts)
+    first = configs[CHAIN[0]].model.path
+    checkpoints = {"input": first} if Path(first).is_dir() else {}
+    checkpoints.update({stage: Path(config.output.dir) / EXPORT_DIR for stage, config in configs.items()})
+    return evaluation.evaluate_chain(run_dir, checkpoints, suite)
 
 
 def decide(stage: str, start: str | None) -> str:
