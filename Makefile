@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 REQS  := requirements/$(if $(GPU),gpu,cpu).txt
 STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
-.PHONY: install demo test sft dpo rlvr think instruct bench tiny clean
+.PHONY: install demo test sft dpo rlvr think instruct bench tiny clean chromium
 
 install: $(STAMP)
 
@@ -34,15 +34,30 @@ tiny: install
 demo: install
 	$(BIN)/posttrain demo --tiny $(TINY) --run-dir $(RUN_DIR)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The report test renders HTML in headless Chromium (Debian package); installed here when missing and root.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	  else echo "warning: chromium not found; the report rendering test needs it (apt-get install chromium)"; fi; }
 
 sft dpo rlvr: install
 	@test -n "$(RECIPE)" || { echo "usage: make $@ RECIPE=recipes/... [OVERRIDES='key=value ...']"; exit 2; }
 	$(BIN)/posttrain $@ --recipe $(RECIPE) $(OVERRIDES)
 
-think instruct: install
-	$(BIN)/posttrain pipeline --variant $@ --recipes recipes/tiny/$@ --base $(TINY)/base --run-dir $(RUN_DIR)/$@ $(OVERRIDES)
+$(TINY)/build.json: | install
+	$(BIN)/posttrain tiny --out $(TINY)
+
+# The tiny chains; the Instruct SFT starts from the Think SFT checkpoint (unchanged stages are skipped).
+think: install $(TINY)/build.json
+	$(BIN)/posttrain pipeline --variant think --recipes recipes/tiny/think --tiny $(TINY) --run-dir $(RUN_DIR)/think $(OVERRIDES)
+
+instruct: think
+	$(BIN)/posttrain pipeline --variant instruct --recipes recipes/tiny/instruct --tiny $(TINY) \
+	  --think-run $(RUN_DIR)/think --run-dir $(RUN_DIR)/instruct $(OVERRIDES)
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
