@@ -52,7 +52,7 @@ VERIFIERS: Registry[Verifier] = Registry("verifier")
 # Verifiers that see the raw prediction, <think> block included (e.g. `format`).
 _RAW: set[str] = set()
 _UNSCORED: Counter[str] = Counter()
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _entry_points_loaded = False
 
 
@@ -183,11 +183,15 @@ def _load_entry_points() -> None:
     with _LOCK:
         if _entry_points_loaded:
             return
-        _entry_points_loaded = True
         from importlib.metadata import entry_points
 
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            load_entry_point(point)
+        _entry_points_loaded = True
+        try:
+            for point in entry_points(group=ENTRY_POINT_GROUP):
+                load_entry_point(point)
+        except BaseException:
+            _entry_points_loaded = False  # a broken plugin keeps failing loudly, not half-loaded
+            raise
 
 
 def load_entry_point(point: Any) -> None:

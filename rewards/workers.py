@@ -100,7 +100,8 @@ def _load_verifier(name: str, module: Optional[str], qualname: Optional[str], ra
             for part in qualname.split("."):
                 obj = getattr(obj, part)
             core.register(name, raw=raw)(obj)
-    core.get(name)  # entry points, or a clear error naming what is missing
+    if name not in core.VERIFIERS:
+        core.get(name)  # entry points, or a clear error naming what is missing
 
 
 # --------------------------------------------------------------------------
@@ -127,43 +128,52 @@ class Pool:
         self.lock = threading.Lock()
 
     def prepare(self, names: Iterable[str]) -> None:
-        """Make sure every worker has these verifiers; raise if one cannot load them."""
+        """Make sure every worker has these verifiers; raise (and start afresh next time) if one cannot load them."""
         wanted = sorted(set(names) - self.loaded)
         new_paths = [p for p in sys.path if p not in self.setup["sys_path"]]
         if not wanted and not new_paths and len(self.workers) == self.size:
             return
-        self.setup["sys_path"] += new_paths
-        self.setup["verifiers"] += [(n, *core.origin(n), n in core._RAW) for n in wanted]
-        for worker in self.workers:
-            worker.conn.send(("setup", self.setup))
-        for worker in self.workers:
-            self._check_ready(worker, self._receive_ready(worker))
-        while len(self.workers) < self.size:
-            self.workers.append(self._start())
+        setup = {
+            "sys_path": self.setup["sys_path"] + new_paths,
+            "verifiers": self.setup["verifiers"] + [(n, *core.origin(n), n in core._RAW) for n in wanted],
+        }
+        try:
+            for worker in self.workers:
+                worker.conn.send(("setup", setup))
+            for worker in self.workers:
+                self._check_ready(self._receive_ready(worker), setup)
+            while len(self.workers) < self.size:
+                self.workers.append(self._start(setup))
+        except BaseException:
+            self.close()  # workers may hold half of the new setup; the next call starts clean ones
+            raise
+        self.setup = setup
         self.loaded.update(wanted)
 
-    def _start(self) -> Worker:
+    def _start(self, setup: dict) -> Worker:
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=worker_main, args=(child, self.setup), daemon=True, name="rewards-worker")
+        process = self.ctx.Process(target=worker_main, args=(child, setup), daemon=True, name="rewards-worker")
         process.start()
         child.close()
         worker = Worker(process, parent)
-        self._check_ready(worker, self._receive_ready(worker))
+        try:
+            self._check_ready(self._receive_ready(worker), setup)
+        except BaseException:
+            self._kill(worker)
+            raise
         return worker
 
     def _receive_ready(self, worker: Worker) -> tuple:
         try:
-            message = worker.conn.recv()
+            return worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join(5)
             raise RuntimeError(f"a reward worker died while loading verifiers ({_death(worker.process.exitcode)})") from None
-        return message
 
-    def _check_ready(self, worker: Worker, message: tuple) -> None:
+    def _check_ready(self, message: tuple, setup: dict) -> None:
         _, names, errors = message
-        missing = {n for n, *_ in self.setup["verifiers"]} - set(names)
+        missing = {n for n, *_ in setup["verifiers"]} - set(names)
         if missing:
-            self._kill(worker)
             details = "; ".join(f"{n}: {errors.get(n, 'not registered after import')}" for n in sorted(missing))
             raise RuntimeError(
                 f"reward workers cannot load verifier(s) {sorted(missing)}: {details}. "
@@ -218,7 +228,7 @@ class Pool:
         queue.extendleft(reversed(worker.inflight))
         worker.inflight.clear()
         worker.conn.close()
-        self.workers[self.workers.index(worker)] = self._start()
+        self.workers[self.workers.index(worker)] = self._start(self.setup)
         return failed
 
     def _join(self, worker: Worker) -> Optional[int]:
