@@ -1,0 +1,244 @@
+"""Thin single-role Ray actors around the RLVR components.
+
+Rollout engines
+---------------
+`EngineActor` holds one registered rollout engine (`posttrain.rollout`) in
+its own worker process and does only what an engine does: `generate`,
+`load_weights`, the receiving half of a vLLM weight-transfer round
+(`weight_transfer`), and `ping`, a cheap call that answers while the engine is
+idle, so the driver can tell a dead engine from a busy one
+(`engine_alive`) and start a replacement with `spawn_engine_actor`.
+
+Each engine class names the environment its process needs
+(`Factory.process_env(options)`: for vLLM, `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+and the KV cache size); `spawn_engine_actor` puts it in the actor's
+`runtime_env` together with the driver's Hugging Face and vLLM settings, and
+`OMP_NUM_THREADS` = the actor's CPUs, so the engine uses the cores Ray gave it.
+
+A restarted engine starts from the checkpoint it was built from:
+`ping()["policy_version"]` says which weights it holds, and the driver sends
+the current ones before giving it prompts again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from posttrain.config import RolloutSection
+
+# The vLLM weight-transfer calls an EngineActor forwards to its engine.
+WEIGHT_TRANSFER_STEPS = frozenset(
+    {
+        "init_weight_transfer_engine",
+        "start_weight_update",
+        "update_weights",
+        "finish_weight_update",
+        "shutdown_weight_transfer_engine",
+    }
+)
+
+
+class EngineActor:
+    """One rollout engine in one Ray worker process (use `spawn_engine_actor`)."""
+
+    def __init__(self, model_path: str, options: dict, seed: int = 0):
+        from posttrain.rollout import build_engine
+
+        self.options = RolloutSection.model_validate(options)
+        self.engine = build_engine(model_path, self.options, seed=seed)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int | Sequence[int] = 256,
+        seed: int | None = None,
+    ):
+        return self.engine.generate(prompts, n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+
+    def generate_timed(self, prompts: list[list[int]], n: int, **sampling) -> tuple[list, dict]:
+        """`generate`, plus {"seconds", "policy_version"} of the call (RLVR's idle-time and staleness bookkeeping)."""
+        import time
+
+        start = time.perf_counter()
+        completions = self.generate(prompts, n, **sampling)
+        return completions, {"seconds": time.perf_counter() - start, "policy_version": self.engine.policy_version}
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> float:
+        return self.engine.load_weights(named_tensors, version)
+
+    def weight_transfer(self, step: str, *args) -> None:
+        """One step of a vLLM weight-transfer round (`WEIGHT_TRANSFER_STEPS`), run on the engine."""
+        if step not in WEIGHT_TRANSFER_STEPS:
+            raise ValueError(f"unknown weight-transfer step {step!r}; valid: {', '.join(sorted(WEIGHT_TRANSFER_STEPS))}")
+        method = getattr(self.engine, step, None)
+        if method is None:
+            raise NotImplementedError(f"the {self.options.engine!r} engine has no weight-transfer API (use load_weights)")
+        method(*args)
+
+    def ping(self) -> dict:
+        """Liveness and state: which engine, which weights, which process."""
+        return {"engine": self.options.engine, "policy_version": self.engine.policy_version, "pid": os.getpid()}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def spawn_engine_actor(
+    model_path: str,
+    options: RolloutSection,
+    *,
+    seed: int = 0,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    name: str | None = None,
+    max_restarts: int = 0,
+    scheduling_strategy: Any = None,
+):
+    """Start an `EngineActor` with the environment its engine needs; returns the actor handle.
+
+    Ray must be initialised (`posttrain.orchestration.cluster.init_ray`).
+    `scheduling_strategy` places it, e.g. in a placement-group bundle.
+    """
+    import ray
+
+    from posttrain.orchestration.cluster import worker_env
+    from posttrain.rollout import ENGINES
+
+    factory = ENGINES.get(options.engine)
+    env = worker_env({**factory.process_env(options), "OMP_NUM_THREADS": str(max(1, int(num_cpus)))})
+    actor_options: dict[str, Any] = dict(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_restarts=max_restarts,
+        runtime_env={"env_vars": env},
+    )
+    if name is not None:
+        actor_options["name"] = name
+    if scheduling_strategy is not None:
+        actor_options["scheduling_strategy"] = scheduling_strategy
+    remote_cls = ray.remote(EngineActor)
+    return remote_cls.options(**actor_options).remote(model_path, options.model_dump(), seed)
+
+
+def engine_alive(actor, timeout: float = 30.0) -> bool:
+    """True when the actor answers `ping` within `timeout` seconds.
+
+    False when it died (killed, crashed, its node lost) or is unreachable, or
+    when it is still busy after `timeout` (a Ray actor runs one call at a time,
+    so a ping waits behind a long `generate`: pick the timeout accordingly).
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        ray.get(actor.ping.remote(), timeout=timeout)
+    except (RayActorError, GetTimeoutError):
+        return False
+    return True
+
+
+class EngineSyncClient:
+    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (weight_sync=nccl).
+
+    The learner's sender rank builds vLLM's trainer engine with it:
+    `WeightTransferTrainerFactory.trainer_init(NCCLTrainerInitInfo(master_address,
+    master_port, world_size=1 + len(actors) * workers_per_engine), client=EngineSyncClient(actors,
+    workers_per_engine), source=ModuleSource(model))`, then `send_weights()`
+    each step. Every call fans out to all engines and waits for them. Each
+    separate engine sees itself as data-parallel rank 0, so its NCCL ranks
+    are shifted here: engine i takes ranks 1 + i * workers_per_engine onwards.
+    """
+
+    def __init__(self, actors: list, workers_per_engine: int = 1):
+        self.actors = list(actors)
+        self.workers_per_engine = workers_per_engine
+
+    def _all(self, calls: list) -> None:
+        import ray
+
+        ray.get(calls)
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        offset = int(init_info.get("rank_offset", 1))
+        self._all(
+            [
+                actor.weight_transfer.remote(
+                    "init_weight_transfer_engine", {**init_info, "rank_offset": offset + i * self.workers_per_engine}
+                )
+                for i, actor in enumerate(self.actors)
+            ]
+        )
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self._all([actor.weight_transfer.remote("shutdown_weight_transfer_engine") for actor in self.actors])
+
+    def start_weight_update(self) -> None:
+        self._all([actor.weight_transfer.remote("start_weight_update") for actor in self.actors])
+
+    def update_weights(self, update_info) -> None:
+        self._all([actor.weight_transfer.remote("update_weights", update_info) for actor in self.actors])
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._all([actor.weight_transfer.remote("finish_weight_update", weight_version) for actor in self.actors])
+
+
+# --------------------------------------------------------------------------
+# Reward workers and the reference policy (RLVR)
+
+
+class RewardWorker:
+    """Scores completions with `rewards.score_batch`, in its own pool of worker processes.
+
+    One role: it never generates or trains. A verifier that crashes or runs
+    past `timeout` scores 0 and is reported as unscored with its reason;
+    only this actor's pool sees it, never the driver.
+    """
+
+    def __init__(self, modules: Sequence[str] = (), max_workers: int | None = None, timeout: float = 10.0,
+                 options: dict | None = None):
+        import rewards
+
+        rewards.load_plugins(list(modules))
+        self.max_workers, self.timeout, self.options = max_workers, timeout, options or {}
+        # start the worker pool now (a fork server importing math-verify takes seconds), not on the first step
+        rewards.score_batch([{"verifier": "string_match", "prediction": "a", "label": "a"}],
+                            max_workers=max_workers, timeout=timeout)
+
+    def score(self, completions: Sequence[Any], labels: Sequence[tuple[Any, Any]]) -> list[tuple[float, bool, str]]:
+        """(score, scored, reason) per completion; `labels[c.prompt_index]` is its (verifier, ground_truth)."""
+        import rewards
+
+        items = [{"verifier": labels[c.prompt_index][0], "prediction": c.text, "label": labels[c.prompt_index][1]}
+                 for c in completions]
+        results = rewards.score_batch(items, max_workers=self.max_workers, timeout=self.timeout, options=self.options)
+        return [(float(r.score), bool(r.scored), r.reason) for r in results]
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+class ReferencePolicy:
+    """The frozen starting policy, for the KL term: log-probs of response tokens, nothing else."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", num_threads: int = 1):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(max(1, num_threads))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
+
+    def logprobs(self, batches: Sequence[Any], temperature: float = 1.0) -> list:
+        """(N, Tr) float32 response log-probs per `RolloutBatch`, as `posttrain.stages.rlvr_forward` computes them."""
+        import torch
+
+        from posttrain.stages.rlvr_forward import response_logprobs
+
+        with torch.no_grad():
+            return [response_logprobs(self.model, b.to(self.device), temperature=temperature) for b in batches]

@@ -1,0 +1,216 @@
+"""`hf` rollout engine: `transformers` generate, for tiny CPU runs and tests.
+
+Batching: the len(prompts) * n sample rows are sorted by their token budget
+and prompt length, cut into chunks of `rollout.hf_batch_size`, left-padded,
+and each chunk is one `model.generate` call (static batching: a chunk runs
+until its longest row stops).
+
+Sampling: `generate` runs in greedy mode with one logits processor,
+`SeededSampler`, that does the sampling itself. For every row it tempers the
+logits, applies top-p (the same rule as vLLM and transformers: drop the
+smallest tokens whose cumulative probability is <= 1 - top_p, keep at least
+one), draws one uniform number from the row's own `torch.Generator` and picks
+the token by inverse CDF; it hands generate() scores that are -inf except at
+the chosen token, so the greedy step takes exactly that token. That gives
+each sample its own seed (transformers' sampler has one RNG per call) and the
+log-prob of the sampled token under the sampling distribution, recorded as it
+is drawn (see `posttrain.rollout.base` for what the log-prob means).
+
+Stopping: at <|im_end|> / eos (the stop token is kept in the response) or at
+the row's own `max_tokens` (a per-row stopping criterion).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from posttrain.config import RolloutSection
+from posttrain.rollout.base import (
+    ENGINES,
+    Completion,
+    per_prompt_max_tokens,
+    resolve_dtype,
+    sample_seed,
+    stop_token_ids,
+)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits (B, V) with tokens outside the top-p nucleus set to -inf (at least one kept)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1)  # ascending
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= 1.0 - top_p
+    drop_sorted[:, -1] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token (B,) per row: the first index whose cumulative probability exceeds u * total.
+
+    probs (B, V) >= 0; uniforms (B,) in [0, 1). Zero-probability tokens are never
+    picked (their cumulative sum equals the previous one). float64 keeps the
+    cumulative sum exact enough for vocabularies of 100k+.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+class SeededSampler(LogitsProcessor):
+    """Samples each row from its own generator; records the sampled tokens' log-probs."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+        self.logprobs: list[torch.Tensor] = []  # one (B,) tensor per generated position
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float()  # (B, V)
+        if self.temperature == 0:
+            logprobs = logits.log_softmax(dim=-1)
+            chosen = logits.argmax(dim=-1)
+        else:
+            logprobs = top_p_filter(logits / self.temperature, self.top_p).log_softmax(dim=-1)
+            uniforms = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(logits.device)
+            chosen = sample_inverse_cdf(logprobs.exp(), uniforms)
+        self.logprobs.append(logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1))
+        one_hot = torch.full_like(scores, float("-inf"))
+        return one_hot.scatter_(1, chosen.unsqueeze(-1), 0.0)
+
+
+class RowBudget(StoppingCriteria):
+    """Stops each row after its own number of generated tokens."""
+
+    def __init__(self, prompt_width: int, budgets: torch.Tensor):
+        self.prompt_width = prompt_width
+        self.budgets = budgets  # (B,)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.budgets
+
+
+@ENGINES.register("hf")
+class HFEngine:
+    """Rollouts with `transformers` generate (see the module docstring)."""
+
+    @staticmethod
+    def process_env(options: RolloutSection) -> dict[str, str]:
+        """Environment variables a process needs before it builds this engine: none."""
+        return {}
+
+    def __init__(self, model_path: str, options: RolloutSection, *, seed: int = 0):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, resolve_dtype(options.dtype, self.device.type == "cuda"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.batch_size = options.hf_batch_size
+        self.seed = seed
+        self.calls = 0
+        self.policy_version = 0
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int | Sequence[int] = 256,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        budgets = per_prompt_max_tokens(prompts, n, max_tokens)
+        if seed is None:  # a fresh stream per call, reproducible from the engine seed
+            seed = self.seed * 7919 + self.calls
+        self.calls += 1
+        rows = [(p, j) for p in range(len(prompts)) for j in range(n)]
+        # Rows of similar budget and prompt length share a chunk: less padding, less waiting.
+        rows.sort(key=lambda row: (-budgets[row[0]], len(prompts[row[0]]), row))
+        done: list[Completion] = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            done.extend(self._generate_chunk(chunk, prompts, budgets, n, temperature, top_p, seed))
+        return sorted(done, key=lambda c: (c.prompt_index, c.sample_index))
+
+    @torch.inference_mode()
+    def _generate_chunk(self, chunk, prompts, budgets, n, temperature, top_p, seed) -> list[Completion]:
+        width = max(len(prompts[p]) for p, _ in chunk)
+        input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (p, _) in enumerate(chunk):  # left padding: every prompt ends at the same column
+            input_ids[row, width - len(prompts[p]) :] = torch.tensor(prompts[p])
+            attention[row, width - len(prompts[p]) :] = 1
+        row_budgets = torch.tensor([budgets[p] for p, _ in chunk], device=self.device)
+        sampler = SeededSampler([sample_seed(seed, p, j, n) for p, j in chunk], temperature, top_p)
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=int(row_budgets.max()),
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+            stopping_criteria=StoppingCriteriaList([RowBudget(width, row_budgets)]),
+        )
+        generated = output[:, width:].tolist()  # (B, S)
+        logprobs = torch.stack(sampler.logprobs, dim=1).tolist()  # (B, S)
+        return [
+            self._completion(p, j, generated[row], logprobs[row], budgets[p]) for row, (p, j) in enumerate(chunk)
+        ]
+
+    def _completion(self, p: int, j: int, tokens: list[int], logprobs: list[float], budget: int) -> Completion:
+        end, reason = min(budget, len(tokens)), "length"
+        for t, token in enumerate(tokens[:end]):
+            if token in self.stop_ids:
+                end, reason = t + 1, "stop"
+                break
+        if reason == "length" and end < budget:
+            raise RuntimeError(f"generate() returned {end} tokens for prompt {p} sample {j}, expected {budget}")
+        return Completion(
+            prompt_index=p,
+            sample_index=j,
+            token_ids=tokens[:end],
+            logprobs=logprobs[:end],
+            finish_reason=reason,
+            text=self.tokenizer.decode(tokens[:end], skip_special_tokens=True),
+        )
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> float:
+        """Copy tensors into the parameters of the same name (tied weights resolve to one tensor)."""
+        start = time.perf_counter()
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                try:
+                    target = self.model.get_parameter(name)
+                except AttributeError:
+                    raise KeyError(f"load_weights: the model has no parameter {name!r}") from None
+                if target.shape != tensor.shape:
+                    raise ValueError(f"load_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
+                target.copy_(tensor)
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.model = None

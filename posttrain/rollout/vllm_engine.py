@@ -1,0 +1,210 @@
+"""`vllm` rollout engine: `vllm.LLM` in this process, GPU package or the CPU build.
+
+Generation: every prompt is one request (`SamplingParams(n=...)`, one seed per
+prompt, from which vLLM derives seed + j for sample j), all submitted in one
+`LLM.generate` call, so vLLM's scheduler batches them continuously: a finished
+sequence frees its slot for a waiting one at the next step. The engine is
+built with `logprobs_mode="processed_logprobs"` and requests `logprobs=0`,
+which returns exactly the sampled token's log-prob under the tempered,
+top-p-truncated distribution (see `posttrain.rollout.base`).
+
+Weight updates, two paths (`rollout.weight_sync`):
+
+- `reload` (CPU, or a GPU engine fed tensors over Ray): `load_weights` calls
+  the worker's `reload_weights(weights_iterator=...)` through
+  `LLM.collective_rpc`. With `VLLM_ENABLE_V1_MULTIPROCESSING=0` the worker
+  lives in this process and receives the tensors themselves (nothing is
+  serialised); vLLM's layerwise reload re-runs each layer's weight processing
+  (fused qkv / gate-up projections) and copies into the existing storage.
+  It needs the full set of weights: a layer given only some of its tensors
+  is left half-loaded.
+- `nccl` (GPU): the engine is built with vLLM's weight-transfer API
+  (`weight_transfer_config={"backend": "nccl"}`) and exposes its receiving
+  half: `init_weight_transfer_engine`, `start_weight_update`,
+  `update_weights`, `finish_weight_update`, `shutdown_weight_transfer_engine`
+  (vLLM's `VLLMWeightSyncClient` protocol). The learner's rank 0 drives a
+  round with vLLM's `NCCLTrainerWeightTransferEngine` through
+  `posttrain.orchestration.actors.EngineSyncClient`, broadcasting each tensor
+  GPU to GPU; `load_weights` keeps working as the fallback.
+
+After any update the prefix cache is reset: cached prompt KV blocks were
+computed with the old weights.
+
+Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is required for `reload`
+(and set here); `rollout.kv_cache_gib` becomes the KV cache size
+(`kv_cache_memory_bytes`, and `VLLM_CPU_KVCACHE_SPACE` on CPU builds, whose
+legacy variable would otherwise override it). Threads: vLLM drops an
+in-process CPU engine to one torch thread unless `OMP_NUM_THREADS` is set;
+`spawn_engine_actor` sets it to the actor's CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from posttrain.config import RolloutSection
+from posttrain.rollout.base import (
+    ENGINES,
+    Completion,
+    per_prompt_max_tokens,
+    resolve_dtype,
+    sample_seed,
+    stop_token_ids,
+)
+
+GIB = 2**30
+
+
+@ENGINES.register("vllm")
+class VLLMEngine:
+    """Rollouts with `vllm.LLM` (see the module docstring)."""
+
+    @staticmethod
+    def process_env(options: RolloutSection) -> dict[str, str]:
+        """Environment variables a process needs before it builds this engine."""
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        if options.kv_cache_gib is not None:  # read by CPU builds only
+            whole = float(options.kv_cache_gib).is_integer()
+            # The legacy variable takes whole GiB and overrides kv_cache_memory_bytes;
+            # empty disables it, so a fractional recipe value still applies.
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.kv_cache_gib)) if whole else ""
+        return env
+
+    def __init__(self, model_path: str, options: RolloutSection, *, seed: int = 0):
+        on_gpu = torch.cuda.is_available()
+        os.environ.update(self.process_env(options))
+        import vllm
+
+        kwargs: dict[str, Any] = dict(
+            model=str(model_path),
+            dtype=resolve_dtype(options.dtype, on_gpu),
+            seed=seed,
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            enforce_eager=(not on_gpu) if options.enforce_eager is None else options.enforce_eager,
+            max_model_len=options.max_prompt_length + options.max_response_length,
+            logprobs_mode="processed_logprobs",
+        )
+        if options.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
+        if options.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = options.max_num_seqs
+        if options.weight_sync == "nccl":
+            if not on_gpu:
+                raise ValueError("rollout.weight_sync=nccl needs a CUDA GPU; use reload on CPU")
+            kwargs["weight_transfer_config"] = {"backend": "nccl"}
+        # vLLM-CPU replaces torch.set_num_threads process-wide with a no-op to guard
+        # its thread binding; other code in this process keeps the real one.
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        finally:
+            torch.set_num_threads = set_num_threads
+        self._sampling_params = vllm.SamplingParams
+        self.tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.seed = seed
+        self.calls = 0
+        self.policy_version = 0
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int | Sequence[int] = 256,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        budgets = per_prompt_max_tokens(prompts, n, max_tokens)
+        if seed is None:  # a fresh stream per call, reproducible from the engine seed
+            seed = self.seed * 7919 + self.calls
+        self.calls += 1
+        # vLLM refuses n > 1 when greedy; n identical greedy requests give the same result.
+        copies, per_request = (n, 1) if temperature == 0 else (1, n)
+        params = [
+            self._sampling_params(
+                n=per_request,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=budget,
+                logprobs=0,  # the sampled token's log-prob only
+                seed=sample_seed(seed, index, copy, n),
+                stop_token_ids=self.stop_ids,
+                skip_special_tokens=True,
+            )
+            for index, budget in enumerate(budgets)
+            for copy in range(copies)
+        ]
+        requests = [{"prompt_token_ids": list(prompt)} for prompt in prompts for _ in range(copies)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)  # in request order
+        return [
+            completion
+            for position, output in enumerate(outputs)
+            for completion in _completions(position // copies, output, first_sample=position % copies)
+        ]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> float:
+        """In-process reload of a full set of Hugging Face-named weights (module docstring)."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    # -- vLLM weight-transfer API (weight_sync=nccl): the receiving half of a round --
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict | list[dict]) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()
+        if weight_version is not None:
+            self.policy_version = int(weight_version)
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def close(self) -> None:
+        """Stop the engine core and tear down vLLM's process group, so another engine can start here."""
+        if self.llm is None:
+            return
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        cleanup_dist_env_and_memory()
+
+
+def _completions(prompt_index: int, output, first_sample: int = 0) -> list[Completion]:
+    """The samples of one vLLM RequestOutput, in sample order, numbered from `first_sample`."""
+    completions = []
+    for sample in sorted(output.outputs, key=lambda s: s.index):
+        if sample.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished prompt {prompt_index} sample {sample.index} with {sample.finish_reason!r}")
+        tokens = list(sample.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(sample.logprobs, tokens)]
+        completions.append(
+            Completion(
+                prompt_index=prompt_index,
+                sample_index=first_sample + sample.index,
+                token_ids=tokens,
+                logprobs=logprobs,
+                finish_reason=sample.finish_reason,
+                text=sample.text,
+            )
+        )
+    return completions
