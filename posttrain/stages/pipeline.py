@@ -242,14 +242,12 @@ def run(
     run_dir, recipes = Path(run_dir), Path(recipes)
     per_stage = split_overrides(overrides)
     started = time.time()
-    results: list[StageResult] = []
+    # every recipe is loaded and validated before the first stage starts
     configs: dict[str, StageConfig] = {}
-    model_path: str | Path | None = base
-    for stage in CHAIN:
-        out_dir = run_dir / stage
-        configs[stage] = config = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, out_dir)
-        results.append(run_stage(config, out_dir, decide(stage, start), drivers))
-        model_path = out_dir / EXPORT_DIR
+    for index, stage in enumerate(CHAIN):
+        model_path = base if index == 0 else run_dir / CHAIN[index - 1] / EXPORT_DIR
+        configs[stage] = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, run_dir / stage)
+    results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
     if eval_prompts > 0:
         evaluate_stages(run_dir, variant, configs, eval_prompts)
     summary = {"variant": variant, "recipes": str(recipes), "base": str(base) if base is not None else None,

@@ -313,6 +313,8 @@ def test_a_recipe_of_the_wrong_variant_or_stage_is_refused(tiny, tmp_path, drive
 def test_a_bad_override_fails_before_any_stage_runs(tiny, tmp_path, drivers, calls):
     with pytest.raises(P.PipelineError, match="unknown key 'optim.lrr'; did you mean 'optim.lr'"):
         run_chain(tiny, tmp_path / "run", drivers, overrides=("optim.lrr=1",))
+    with pytest.raises(P.PipelineError, match="unknown key 'grpo.stepz'; did you mean 'grpo.steps'"):
+        run_chain(tiny, tmp_path / "run", drivers, overrides=("rlvr:grpo.stepz=1",))  # the last stage's recipe
     assert calls == []
 
 
