@@ -72,7 +72,7 @@ from posttrain.stages.rlvr_data import PromptStream, encode_prompts, plan_update
 from posttrain.stages.rlvr_eval import heldout_prompts, summarize
 from posttrain.stages.rlvr_forward import policy_loss_fn, response_logprobs
 from posttrain.stages.rlvr_rollouts import RolloutQueue
-from posttrain.stages.rlvr_topology import EnginePool, RewardPool, check_resources, spawn_reference
+from posttrain.stages.rlvr_topology import EnginePool, RewardPool, check_resources, placement, spawn_reference
 from posttrain.stages.sft import export, save_resumable
 
 
@@ -236,6 +236,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
               "unscored": dict(queue.unscored_total)},
         metrics=final, wall_time_s=wall,
         extra={"model": learners.info, "startup_s": startup_s, "engine_restarts": engines.restarts,
+               "placement": placement(learner=learners.placement_group, engine=engines.group, reward=scorers.group,
+                                      reference=reference_group),
                "evals": {str(k): v for k, v in evals.items()}},
     )
     export(learners, tokenizer, run_dir, manifest)

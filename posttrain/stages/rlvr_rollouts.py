@@ -201,7 +201,9 @@ class RolloutQueue:
                     raise
                 self.engines.restart(request.engine, request.actor)
                 request.retries += 1
+                failed = request.scores
                 self._send(request)
+                _settle(failed)
 
     def _scored(self, request: Request) -> list:
         """The request's scores; a dead reward worker is restarted and the completions scored again."""
@@ -214,6 +216,14 @@ class RolloutQueue:
                 self.scorers.restart(request.scorer, self.scorers.actors[request.scorer])
                 request.retries += 1
                 self._score(request)
+
+
+def _settle(ref) -> None:
+    """Fetch a result that failed with its engine, so Ray does not report it as an unhandled error."""
+    try:
+        ray.get(ref, timeout=10)
+    except Exception:  # the expected failure (or a timeout): either way nothing to do with it
+        pass
 
 
 class _NoTimers:

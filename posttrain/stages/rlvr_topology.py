@@ -178,3 +178,15 @@ def spawn_reference(config: RLVRConfig, model_path: str):
         runtime_env={"env_vars": worker_env()},
     ).remote(model_path, config.model.dtype, int(bundles[0]["CPU"]))
     return actor, group
+
+
+def placement(**groups) -> dict[str, list[str]]:
+    """{role: the node id of each of its bundles}, from placement groups (role=group; None is skipped)."""
+    from ray.util.placement_group import placement_group_table
+
+    out = {}
+    for role, group in groups.items():
+        if group is not None:
+            table = placement_group_table(group)["bundles_to_node_id"]
+            out[role] = [table[i] for i in sorted(table)]
+    return out
