@@ -1,8 +1,9 @@
 """Sandbox harness: runs one untrusted program against its test cases.
 
-Started by `rewards.sandbox` as `python -I -B _sandbox_harness.py` in a new
-session with a scrubbed environment; reads a JSON job on stdin and writes one
-JSON report on stdout. Standard library only: it must not import the project.
+Started by `rewards.sandbox` as `python -I -S -B _sandbox_harness.py` with a
+scrubbed environment; it starts its own session, reads a job (marshal) on
+stdin and writes one report (marshal) on stdout. Standard library only, and
+few modules of it: every import is paid for by every program scored.
 
 Process tree (see rewards/sandbox.py for what each layer stops):
 
@@ -18,15 +19,13 @@ After each case every other process of the sandbox is killed.
 import ctypes
 import errno
 import io
-import json
+import marshal
 import os
 import resource
-import secrets
 import select
 import signal
 import sys
 import time
-import traceback
 import types
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -60,7 +59,8 @@ def _mount(source, target, fstype, flags, data=None):
 
 
 def main():
-    job = json.loads(sys.stdin.buffer.read())
+    os.setsid()  # its own session and process group, killed as a whole by the caller
+    job = marshal.loads(sys.stdin.buffer.read())
     _reopen_devnull(0)
     if job.get("kill_uid") is not None:  # cleanup mode: kill every process of a sandbox uid
         kill_uid(job["kill_uid"])
@@ -78,6 +78,8 @@ def main():
         try:
             supervise(job, iso)
         except BaseException:
+            import traceback
+
             traceback.print_exc()
             os._exit(1)
         os._exit(0)
@@ -169,7 +171,7 @@ def supervise(job, iso):
     ):
         resource.setrlimit(which, (value, value))
     report = {"isolation": iso, "cases": run_cases(job, iso)}
-    data = json.dumps(report).encode()
+    data = marshal.dumps(report)
     view = memoryview(data)
     while view:
         view = view[os.write(1, view) :]
@@ -177,7 +179,7 @@ def supervise(job, iso):
 
 PRELOAD = (
     "array bisect collections copy dataclasses datetime decimal enum fractions functools heapq "
-    "itertools math operator random re statistics string typing"
+    "itertools math operator random re statistics string traceback typing"
 ).split()
 
 
@@ -259,7 +261,7 @@ def run_case(code, case, limits, iso):
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     mark_r, mark_w = os.pipe()
-    nonce = secrets.token_hex(16).encode()
+    nonce = os.urandom(16).hex().encode()
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -380,7 +382,7 @@ def _case_setup(stdin, out_w, err_w, mark_w, limits, iso):
     os.dup2(stdin, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    mark = os.dup2(mark_w, 3 + secrets.randbelow(max(1, limits["open_files"] - 8)))
+    mark = os.dup2(mark_w, 3 + int.from_bytes(os.urandom(2), "little") % max(1, limits["open_files"] - 8))
     os.closerange(3, mark)
     os.closerange(mark + 1, 1 << 16)
     cpu = limits["cpu_seconds"]
@@ -410,6 +412,8 @@ def _run_untrusted(code, test, mark, nonce):
     except SystemExit as stop:
         exit_code = _exit_code(stop.code)
     except BaseException:
+        import traceback
+
         traceback.print_exc()
         exit_code = 1
     for stream in (sys.stdout, sys.stderr):

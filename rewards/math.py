@@ -10,19 +10,21 @@
   numerically with the label (a GSM8K solution "... #### 72" is read as 72).
 
 Plain rationals (integers, decimals, `a/b`, `\\frac{a}{b}`) are compared
-exactly without sympy: equal values score 1 at once, different integers 0.
-Everything else goes to `math-verify`; parsed labels are cached, since an RL
-batch scores many samples against the same label.
+exactly, and plain expressions numerically (`rewards.math_expr`), without
+sympy. Everything else goes to `math-verify`; its parses are cached, since
+an RL batch scores many samples against the same label.
 """
 
 from __future__ import annotations
 
+import cmath
 import functools
 import re
 import threading
 from fractions import Fraction
 from typing import Any, Optional
 
+from rewards import math_expr
 from rewards.core import Result, register
 
 _FINAL_PHRASE = re.compile(r"final answer is[:\s]*(.+?)(?:\.\s|\.?$|\n|I hope)", re.IGNORECASE | re.DOTALL)
@@ -98,7 +100,12 @@ def as_rational(text: str) -> Optional[Fraction]:
 
 
 def equivalent(answer: str, label: Any) -> bool:
-    """True if `answer` and `label` are the same mathematical object."""
+    """True if `answer` and `label` are the same mathematical object.
+
+    Cheapest decision first: exact rationals, identical LaTeX, numeric
+    identity testing of plain expressions (`rewards.math_expr`), and only
+    then math-verify's parser and symbolic comparison.
+    """
     gold = str(label).strip()
     a, b = as_rational(answer), as_rational(gold)
     if a is not None and b is not None:
@@ -106,7 +113,17 @@ def equivalent(answer: str, label: Any) -> bool:
             return True
         if a.denominator == 1 and b.denominator == 1:
             return False
+    if _canonical(answer) == _canonical(gold):
+        return True
+    decided = math_expr.equivalent(answer, gold)
+    if decided is not None:
+        return decided
     return _math_verify(answer.strip(), gold)
+
+
+def _canonical(latex: str) -> str:
+    latex = re.sub(r"\\left|\\right|\\[,;!]|\\displaystyle|\s+", "", latex).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return latex.strip("$").rstrip(".")
 
 
 def _wrap(expr: str) -> str:
@@ -114,28 +131,53 @@ def _wrap(expr: str) -> str:
     return expr if expr.startswith("$") or "\\boxed" in expr else f"${expr}$"
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str):
-    return _parse(_wrap(gold))
-
-
-def _parse(text: str):
+@functools.lru_cache(maxsize=16384)
+def _parse(expr: str):
+    """math-verify's parse of one answer (cached: an RL group repeats its answers)."""
     from math_verify import parse
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    return parse(text, parsing_timeout=timeout)
+    return parse(_wrap(expr), parsing_timeout=timeout)
 
 
 @functools.lru_cache(maxsize=16384)
 def _math_verify(answer: str, gold: str) -> bool:
     from math_verify import verify
 
-    gold_parsed = _parse_gold(gold)
-    answer_parsed = _parse(_wrap(answer))
+    gold_parsed, answer_parsed = _parse(gold), _parse(answer)
     if not gold_parsed or not answer_parsed:
+        return False
+    if _differ_numerically(gold_parsed[0], answer_parsed[0]):
         return False
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout))
+
+
+# Values for free symbols when comparing expressions numerically: arbitrary, fixed, unlikely to be special.
+_PROBE = (0.7318, 1.2913, 0.4271, 1.8139)
+
+
+def _differ_numerically(a: Any, b: Any) -> bool:
+    """True when two plain expressions have clearly different values at a probe point.
+
+    A cheap, sound rejection before math-verify's symbolic comparison (sympy's
+    simplify, the slow part): expressions that differ at a point are not equal.
+    Anything that is not a plain finite expression is left to math-verify,
+    and so are values closer than 1e-4 (math-verify rounds floats).
+    """
+    import sympy
+
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False
+    try:
+        symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+        point = {s: _PROBE[i % len(_PROBE)] + i for i, s in enumerate(symbols)}
+        va, vb = complex(a.subs(point).evalf(15)), complex(b.subs(point).evalf(15))
+    except (TypeError, ValueError, ArithmeticError, AttributeError):
+        return False
+    if not all(map(cmath.isfinite, (va, vb))):
+        return False
+    return abs(va - vb) > 1e-4 * max(1.0, abs(va), abs(vb))
 
 
 def _check(answer: Optional[str], label: Any, where: str) -> Result:

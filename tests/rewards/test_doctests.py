@@ -10,7 +10,7 @@ import pytest
 
 import rewards
 
-MODULES = ["rewards.core", "rewards.math", "rewards.ifeval", "rewards.ifeval_text", "rewards.code", "rewards.text", "rewards.judge"]
+MODULES = ["rewards.core", "rewards.math", "rewards.math_expr", "rewards.ifeval", "rewards.ifeval_text", "rewards.code", "rewards.text", "rewards.judge"]
 
 
 @pytest.mark.parametrize("name", MODULES)
