@@ -1,0 +1,73 @@
+"""`EngineActor` on a local Ray: generate, weight updates, health checks, a killed engine detected."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from posttrain.config import RolloutSection
+from posttrain.orchestration.actors import EngineSyncClient, engine_alive, spawn_engine_actor
+from posttrain.rollout.testing import build_checkpoint, random_weights
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_checkpoint(tmp_path_factory.mktemp("engine_actor") / "base", vocab_size=128, logit_scale=20.0)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield
+    ray.shutdown()
+
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13]]
+
+
+def test_hf_engine_actor_generates_and_takes_weights(local_ray, model_dir):
+    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
+    state = ray.get(actor.ping.remote(), timeout=120)
+    assert state["engine"] == "hf" and state["policy_version"] == 0
+    before = ray.get(actor.generate.remote(PROMPTS, 2, temperature=0, max_tokens=6))
+    assert [(c.prompt_index, c.sample_index) for c in before] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    weights = list(random_weights(model_dir, seed=3, logit_scale=20.0).items())
+    seconds = ray.get(actor.load_weights.remote(weights, 4))
+    after = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6))
+    assert seconds >= 0 and ray.get(actor.ping.remote())["policy_version"] == 4
+    assert [c.token_ids for c in after] != [c.token_ids for c in before[::2]]
+    with pytest.raises(NotImplementedError, match="no weight-transfer API"):
+        EngineSyncClient([actor]).start_weight_update()
+    with pytest.raises(ValueError, match="unknown weight-transfer step"):
+        ray.get(actor.weight_transfer.remote("rm_rf"))
+    ray.kill(actor)
+
+
+def test_killed_engine_is_detected_and_a_replacement_answers(local_ray, model_dir):
+    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
+    assert engine_alive(actor, timeout=120)
+    ray.kill(actor)
+    assert not engine_alive(actor, timeout=30)
+    replacement = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
+    assert engine_alive(replacement, timeout=120)
+    ray.kill(replacement)
+
+
+@pytest.mark.slow
+def test_vllm_engine_actor_generates_and_reloads_in_process(local_ray, model_dir):
+    """The actor's runtime_env carries VLLM_ENABLE_V1_MULTIPROCESSING=0: in-process reload works there."""
+    options = RolloutSection(engine="vllm", kv_cache_gib=1, gpu_memory_utilization=0.1,
+                             max_prompt_length=32, max_response_length=32)
+    actor = spawn_engine_actor(str(model_dir), options, num_cpus=1)
+    try:
+        before = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=600)
+        weights = list(random_weights(model_dir, seed=3, logit_scale=20.0).items())
+        assert ray.get(actor.load_weights.remote(weights, 2), timeout=120) < 10
+        after = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=120)
+        sampled = ray.get(actor.generate.remote(PROMPTS, 2, max_tokens=6, seed=0), timeout=120)
+    finally:
+        ray.kill(actor)
+    assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    assert all(len(c.logprobs) == len(c.token_ids) == 6 and max(c.logprobs) <= 0 for c in sampled)
+    assert torch.isfinite(torch.tensor([lp for c in sampled for lp in c.logprobs])).all()
