@@ -1,0 +1,31 @@
+"""Resource checks and worker environment (posttrain/orchestration/cluster.py), without starting Ray."""
+
+from __future__ import annotations
+
+from posttrain.orchestration.cluster import bundle, missing_resources, worker_env
+
+
+def test_fitting_bundles_report_nothing():
+    assert missing_resources([bundle(1), bundle(1)], {"CPU": 2.0}) == []
+    assert missing_resources([bundle(1, 1)] * 4, {"CPU": 8.0, "GPU": 4.0}, nodes=[{"CPU": 8.0, "GPU": 4.0}]) == []
+
+
+def test_missing_totals_name_the_resource_and_both_amounts():
+    problems = missing_resources([bundle(2, 1)] * 3, {"CPU": 4.0})
+    assert problems == ["CPU: needs 6, the cluster has 4", "GPU: needs 3, the cluster has 0"]
+
+
+def test_a_bundle_larger_than_every_node_is_reported():
+    # 8 GPUs in total, but no node has the 6 one bundle asks for
+    nodes = [{"CPU": 16.0, "GPU": 4.0}, {"CPU": 16.0, "GPU": 4.0}]
+    problems = missing_resources([{"CPU": 1.0, "GPU": 6.0}], {"CPU": 32.0, "GPU": 8.0}, nodes)
+    assert problems == ["no single node can hold the bundle {'CPU': 1.0, 'GPU': 6.0}"]
+
+
+def test_worker_env_carries_offline_flags_and_prefixed_settings(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = worker_env({"EXTRA": "y"})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["HF_HUB_OFFLINE"] == "1" and env["EXTRA"] == "y"
+    assert "UNRELATED_SECRET" not in env
