@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posttrain.checkpoints import MODEL_CARD
+from posttrain.checkpoints import MODEL_CARD, read_json
+from posttrain.evaluation import EVAL_FILE, METRIC_LABELS
 from posttrain.lineage import Ancestry, Step, ancestry, summarize
 
 # Recipe keys worth a line on the card, when the stage's recipe has them.
@@ -48,7 +49,7 @@ def render(checkpoint: str | Path, lineage: Ancestry | None = None) -> str:
     if not lineage.steps:
         raise ValueError(f"{checkpoint}: no manifest.json, so nothing to put on a model card")
     last = lineage.steps[-1]
-    chain = " -> ".join(STAGE_NAMES.get(s.stage, s.stage) for s in lineage.steps)
+    chain = " -> ".join(column(s, lineage.steps) for s in lineage.steps)
     base = lineage.root.get("path", "?")
     lines = [
         "---",
@@ -103,17 +104,43 @@ def render(checkpoint: str | Path, lineage: Ancestry | None = None) -> str:
     return "\n".join(lines)
 
 
+def column(step: Step, steps: tuple[Step, ...]) -> str:
+    """A stage's column title; the variant is added when the lineage crosses variants (Instruct from Think SFT)."""
+    name = STAGE_NAMES.get(step.stage, step.stage)
+    return f"{step.variant} {name}" if len({s.variant for s in steps}) > 1 else name
+
+
+def held_out_results(step: Step) -> dict | None:
+    """This checkpoint's metrics in its chain's eval.json (RUN_DIR/eval.json beside RUN_DIR/<stage>/checkpoint)."""
+    path = step.checkpoint.parent.parent / EVAL_FILE
+    if not path.is_file():
+        return None
+    for result in (read_json(path).get("results") or {}).values():
+        if result.get("checkpoint_hash") == step.manifest.get("content_hash"):
+            return result.get("metrics") or {}
+    return None
+
+
 def metrics_table(steps: tuple[Step, ...]) -> list[str]:
-    """Final held-out (and training) metrics each stage recorded, one column per stage."""
+    """The held-out suite on each checkpoint of the lineage (when evaluated), then each stage's own final metrics."""
+    lines: list[str] = []
+    suite = [(s, held_out_results(s)) for s in steps]
+    suite = [(s, m) for s, m in suite if m is not None]
+    if suite:
+        keys = [k for k in METRIC_LABELS if any(k in m for _, m in suite)]
+        lines += ["Held-out suite, the same on every checkpoint (posttrain.evaluation):", "",
+                  "| metric | " + " | ".join(column(s, steps) for s, _ in suite) + " |", "|---" * (len(suite) + 1) + "|"]
+        lines += [f"| {METRIC_LABELS[k]} | " + " | ".join(format_value(m.get(k, "")) for _, m in suite) + " |" for k in keys]
+        lines.append("")
     keys: dict[str, None] = {}
     for step in steps:
         for key, value in (step.manifest.get("metrics") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and _card_metric(key):
                 keys.setdefault(key, None)
     if not keys:
-        return ["(no metrics recorded)"]
-    header = "| metric | " + " | ".join(STAGE_NAMES.get(s.stage, s.stage) for s in steps) + " |"
-    lines = [header, "|---" * (len(steps) + 1) + "|"]
+        return lines or ["(no metrics recorded)"]
+    lines += ["Each stage's own final metrics (its manifest):", "",
+              "| metric | " + " | ".join(column(s, steps) for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     for key in keys:
         cells = [format_value((s.manifest.get("metrics") or {}).get(key, "")) for s in steps]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
@@ -121,7 +148,7 @@ def metrics_table(steps: tuple[Step, ...]) -> list[str]:
 
 
 def _card_metric(key: str) -> bool:
-    return key.startswith(("heldout", "eval")) or key in ("loss", "steps", "reward", "pass@1")
+    return key.startswith(("heldout", "eval/pass@1", "eval/score")) or key in ("loss", "steps")
 
 
 def lineage_table(lineage: Ancestry) -> list[str]:
@@ -142,7 +169,7 @@ def recipe_lines(steps: tuple[Step, ...]) -> list[str]:
     for step in steps:
         config = step.manifest.get("config") or {}
         values = [f"{key}={format_value(v)}" for key in KEY_SETTINGS if (v := setting(config, key)) is not None]
-        lines.append(f"- **{step.stage}** (recipe hash {step.manifest.get('config_hash')}): " + ", ".join(values))
+        lines.append(f"- **{column(step, steps)}** (recipe hash {step.manifest.get('config_hash')}): " + ", ".join(values))
     lines.append("")
     lines.append("The full resolved recipe of each stage is in its `manifest.json` (`config`).")
     return lines

@@ -249,7 +249,11 @@ def run(
         configs[stage] = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, run_dir / stage)
     results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
     if eval_prompts > 0:
+        from posttrain.model_card import write_model_card
+
         evaluate_stages(run_dir, variant, configs, eval_prompts)
+        for stage in CHAIN:  # the cards now show the held-out suite too
+            write_model_card(run_dir / stage / EXPORT_DIR)
     summary = {"variant": variant, "recipes": str(recipes), "base": str(base) if base is not None else None,
                "start": start, "overrides": list(overrides), "relocations": [[str(r.old), str(r.new)] for r in relocations],
                "wall_s": round(time.time() - started, 3), "stages": [asdict(r) for r in results]}

@@ -261,7 +261,7 @@ def test_the_instruct_sft_starts_from_the_think_sft_checkpoint(tiny, tmp_path, d
     assert manifest["parent"] == {"path": str(base), "hash": read_json(base / MANIFEST)["content_hash"]}
     assert manifest["data_sources"].keys() == {str(tiny / f"data/sft_instruct/{s}.jsonl") for s in ("train", "heldout")}
     card = (tmp_path / "instruct" / "rlvr" / EXPORT_DIR / MODEL_CARD).read_text()
-    assert "# Instruct model after SFT -> SFT -> DPO -> RLVR" in card  # the think SFT, then the instruct chain
+    assert "# Instruct model after think SFT -> instruct SFT -> instruct DPO -> instruct RLVR" in card  # the think SFT, then the instruct chain
     assert f"Base: `{tiny / 'base'}`" in card
 
 
