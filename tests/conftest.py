@@ -42,3 +42,33 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+# The tiny chains as the e2e tests run them: the demo's recipes, shortened so that both chains fit a few
+# minutes; each stage's own e2e test is where its learning is pinned.
+E2E_CHAIN_OVERRIDES = (
+    "sft:optim.max_steps=40",
+    "dpo:optim.max_steps=10",
+    "rlvr:grpo.steps=4",
+    "rlvr:eval.every=0",
+    "rlvr:eval.max_prompts=32",
+)
+E2E_EVAL_PROMPTS = 48
+
+
+@pytest.fixture(scope="session")
+def tiny_chains(tiny_dir, tmp_path_factory) -> Path:
+    """`posttrain demo` on the session's tiny default: RUN/{think,instruct}/{sft,dpo,rlvr}, eval.json, the report.
+
+    Runs the real CLI once per session (E2E_CHAIN_OVERRIDES); RUN/demo.log holds what it printed.
+    """
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("chains")
+    command = [sys.executable, "-m", "posttrain", "demo", "--tiny", str(tiny_dir), "--run-dir", str(run),
+               "--eval-prompts", str(E2E_EVAL_PROMPTS), *E2E_CHAIN_OVERRIDES]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    (run / "demo.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"posttrain demo failed:\n{(result.stdout + result.stderr)[-4000:]}"
+    return run
