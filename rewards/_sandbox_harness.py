@@ -218,19 +218,25 @@ def _private_mounts(workdir):
 
 
 def _cover(directory, needed, writable):
-    """Mount an empty tmpfs on `directory`, then bind back the children leading to `needed` paths."""
+    """Mount an empty tmpfs on `directory`, then bind back what leads to the `needed` paths.
+
+    The writable work directory is bound alone, read-write (its siblings, other
+    sandboxes' directories among them, stay hidden); a library path brings back
+    its whole top-level entry under `directory`, read-only.
+    """
     prefix = directory.rstrip(os.sep) + os.sep
-    children = {prefix + p[len(prefix):].split(os.sep)[0] for p in needed if p.startswith(prefix)}
-    handles = {child: os.open(child, os.O_PATH) for child in children if os.path.exists(child)}
+    targets = {p if p == writable else prefix + p[len(prefix):].split(os.sep)[0] for p in needed if p.startswith(prefix)}
+    handles = {target: os.open(target, os.O_PATH) for target in targets if os.path.exists(target)}
     _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    for child, fd in handles.items():
+    for target, fd in handles.items():
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
         if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.mkdir(child)
+            os.mkdir(target)
         else:
-            os.close(os.open(child, os.O_CREAT | os.O_WRONLY, 0o644))
-        _mount(f"/proc/self/fd/{fd}", child, None, MS_BIND | MS_REC)
-        if child != writable:
-            _mount(None, child, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        if target != writable:
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
         os.close(fd)
 
 

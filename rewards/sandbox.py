@@ -213,10 +213,42 @@ def _uid_slot(isolation: Isolation) -> Iterator[Optional[int]]:
 
 @contextmanager
 def _workdir(uid: Optional[int]) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="posttrain-sandbox-"))
+    """A fresh work directory, owned by the sandbox uid; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_base_dir()))
     try:
         if uid is not None:
             os.chown(path, uid, uid)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+_swept: set[Path] = set()
+
+
+def _base_dir() -> Path:
+    """The parent of all work directories (traversable, not listable, by sandbox uids).
+
+    A process killed mid-run (a reward worker past its timeout) cannot remove
+    its work directories; each process sweeps those of dead processes once.
+    """
+    base = Path(tempfile.gettempdir()) / f"posttrain-sandbox-{os.geteuid()}"
+    base.mkdir(exist_ok=True)
+    if base not in _swept:
+        base.chmod(0o711)
+        _swept.add(base)
+        for entry in base.iterdir():
+            owner = entry.name.split("-", 1)[0]
+            if owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(entry, ignore_errors=True)
+    return base
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

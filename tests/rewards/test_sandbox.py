@@ -298,3 +298,22 @@ except Exception as err:
     run = run_program(program, [Case(), Case()], FAST, isolation)
     assert run.cases[0].passed, run.cases[0].stderr
     assert leftovers(run.workdir) == []
+
+
+def test_work_directories_of_dead_processes_are_swept():
+    from rewards import sandbox
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = sandbox._base_dir() / f"{finished.pid}-stale"
+    stale.mkdir()
+    (stale / "leftover.txt").write_text("from a worker killed mid-run")
+    mine = sandbox._base_dir() / f"{os.getpid()}-current"
+    mine.mkdir()
+    try:
+        sandbox._swept.clear()
+        run_program("print(1)", [Case()])
+        assert not stale.exists()
+        assert mine.exists()  # a live process's directory is kept
+    finally:
+        mine.rmdir()
