@@ -211,8 +211,9 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             if stop.requested or (every and (step + 1) % every == 0 and step + 1 < grpo.steps):
                 save_resumable(learners, run_dir, step + 1, trainer_state(), config.output.keep_last)
             if stop.requested:
-                raise KeyboardInterrupt(f"stopped by {stop.requested}: resumable checkpoint at step {step + 1} in "
-                                        f"{run_dir} (continue with --resume)")
+                print(f"[rlvr] stopped by {stop.requested}: resumable checkpoint at step {step + 1} in {run_dir} "
+                      "(continue with --resume)", flush=True)
+                raise SystemExit(130)  # the shell's status for an interrupted command
         ray.get(pending_sync)
         queue.drain()
         if heldout:
