@@ -317,3 +317,13 @@ def test_work_directories_of_dead_processes_are_swept():
         assert mine.exists()  # a live process's directory is kept
     finally:
         mine.rmdir()
+
+
+def test_file_size_and_open_file_limits():
+    limits = Limits(file_size_bytes=1 << 20, open_files=32)
+    big = "with open('big.bin', 'wb') as f:\n    f.write(b'x' * (4 << 20))\n"
+    many = "handles = [open('f%d' % i, 'w') for i in range(100)]\n"
+    run = run_program("", [Case(code=big), Case(code=many), Case(code="open('small', 'w').write('ok')")], limits)
+    assert "File too large" in run.cases[0].stderr and not run.cases[0].passed
+    assert "Too many open files" in run.cases[1].stderr and not run.cases[1].passed
+    assert run.cases[2].passed

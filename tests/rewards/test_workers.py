@@ -153,6 +153,23 @@ def test_verifier_workers_cannot_import_is_a_startup_error():
         del rewards.core.VERIFIERS._items[name]
 
 
+def test_program_killing_its_parents_does_not_reach_the_worker():
+    answer = (
+        "import os, signal\n"
+        "for attempt in (lambda: os.kill(os.getppid(), signal.SIGKILL), lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL),\n"
+        "                lambda: os.kill(os.getppid(), signal.SIGTERM)):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "def f(x):\n"
+        "    return x * 2\n"
+    )
+    items = [{"verifier": "code", "prediction": answer, "label": {"tests": ["assert f(2) == 4", "assert f(3) == 6"]}}] * 3
+    results = rewards.score_batch(items, max_workers=2, timeout=60)
+    assert [(r.score, r.scored) for r in results] == [(1.0, True)] * 3
+
+
 def test_empty_batch():
     assert rewards.score_batch([], max_workers=2) == []
 
