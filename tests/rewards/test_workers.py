@@ -165,9 +165,12 @@ def test_program_killing_its_parents_does_not_reach_the_worker():
         "def f(x):\n"
         "    return x * 2\n"
     )
-    items = [{"verifier": "code", "prediction": answer, "label": {"tests": ["assert f(2) == 4", "assert f(3) == 6"]}}] * 3
+    label = {"tests": ["assert f(2) == 4", "assert f(3) == 6"]}
+    honest = "def f(x):\n    return x + x\n"
+    items = [{"verifier": "code", "prediction": p, "label": label} for p in (answer, honest, answer, honest)]
     results = rewards.score_batch(items, max_workers=2, timeout=60)
-    assert [(r.score, r.scored) for r in results] == [(1.0, True)] * 3
+    assert all(r.scored and not r.reason.startswith(("crash", "timeout")) for r in results)
+    assert results[1].score == results[3].score == 1.0
 
 
 def test_empty_batch():
