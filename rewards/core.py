@@ -312,7 +312,7 @@ def _run_one(name: str, prediction: str, label: Any, context: dict[str, Any]) ->
     text = prediction if name in _RAW else answer_text(prediction)
     try:
         out = fn(text, label, **context)
-    except Exception as err:  # a verifier bug or a malformed label scores 0, visibly
+    except (Exception, SystemExit) as err:  # a verifier bug or a malformed label scores 0, visibly
         return _unscored(name, f"error: {type(err).__name__}: {_short(str(err))}")
     return normalize(name, out)
 

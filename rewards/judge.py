@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from typing import Any, Optional
 
 from rewards.core import Result, register
@@ -74,6 +72,8 @@ def parse_score(reply: str, max_score: float = 10.0) -> Optional[float]:
 def chat(endpoint: str, model: str, content: str, *, max_tokens: int = 32, temperature: float = 0.0, timeout: float = 30.0,
          api_key: Optional[str] = None, extra_body: Optional[dict] = None) -> str:
     """One chat completion over HTTP; returns the reply text (raises on HTTP or protocol errors)."""
+    import urllib.request
+
     body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": temperature}
     body.update(extra_body or {})
     headers = {"Content-Type": "application/json"}
@@ -102,7 +102,7 @@ def llm_judge(prediction: str, label: Any, endpoint: Optional[str] = None, model
     try:
         reply = chat(endpoint, model, content, max_tokens=max_tokens, temperature=temperature, timeout=timeout,
                      api_key=api_key, extra_body=extra_body)
-    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:  # urllib's errors are OSErrors
         return Result(None, f"cannot score: request failed: {type(err).__name__}")
     value = parse_score(reply, max_score)
     if value is None:

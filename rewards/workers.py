@@ -184,15 +184,25 @@ class Pool:
         results: list[Optional[core.Result]] = [None] * len(tasks)
         queue = deque(range(len(tasks)))
         remaining = len(tasks)
+        for worker in list(self.workers):
+            if not worker.process.is_alive():  # died while idle (the OOM killer, say)
+                self._replace(worker, results, queue, "")
         while remaining:
             now = time.monotonic()
-            for worker in self.workers:
+            for worker in list(self.workers):
                 if queue and not worker.inflight:
                     batch = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+                    try:
+                        worker.conn.send(("run", [tasks[i] for i in batch], options))
+                    except OSError:  # it died since: its replacement takes the batch next round
+                        queue.extendleft(reversed(batch))
+                        self._replace(worker, results, queue, "")
+                        continue
                     worker.inflight.extend(batch)
                     worker.since = now
-                    worker.conn.send(("run", [tasks[i] for i in batch], options))
             busy = [w for w in self.workers if w.inflight]
+            if not busy:
+                continue
             next_deadline = min(w.since for w in busy) + timeout
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], max(0.0, next_deadline - time.monotonic()))
             for worker in list(busy):

@@ -173,6 +173,23 @@ def test_program_killing_its_parents_does_not_reach_the_worker():
     assert results[1].score == results[3].score == 1.0
 
 
+def test_a_worker_that_died_while_idle_is_replaced():
+    import os
+    import signal
+
+    from rewards import workers
+
+    item = {"verifier": "gsm8k", "prediction": "4", "label": "4"}
+    assert rewards.score_batch([item], max_workers=2)[0].score == 1.0
+    pool = workers.get_pool(2)
+    victim = pool.workers[0].process
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    results = rewards.score_batch([item] * 20, max_workers=2)
+    assert [r.score for r in results] == [1.0] * 20
+    assert victim not in [w.process for w in pool.workers]
+
+
 def test_empty_batch():
     assert rewards.score_batch([], max_workers=2) == []
 
