@@ -19,8 +19,12 @@ What stops what, as root (CI, containers) with namespaces available:
 - files: cases run as a private unprivileged uid (one per concurrent sandbox,
   from a locked range) with no supplementary groups and no_new_privs; /tmp,
   /var/tmp, /dev/shm and /run/lock are covered by empty read-only tmpfs
-  mounts, so the work directory (seen as /tmp/work) is the only place it
-  can write; /proc is the namespace's own;
+  mounts, so its work directory is the only place it can write (other
+  sandboxes' directories are not even visible); directories the sandbox
+  uid could not enter on the way to the interpreter (a Python under
+  /root) are covered too, with only the library paths bound back,
+  read-only; /proc is the namespace's own. It can still read what any
+  user may read (world-readable files);
 - resources: per case CPU seconds, address space, file size, open files,
   and processes (RLIMIT_NPROC, counted for the private uid alone); a
   wall-clock limit per case and for the whole run;

@@ -120,12 +120,24 @@ def _score_file(args: argparse.Namespace, context: dict) -> int:
          "prediction": row[args.prediction_field], "label": row.get(args.label_field)}
         for row in rows
     ]
-    results = rewards.score_batch(items, max_workers=args.workers, timeout=args.timeout)
+    results = _score_with_progress(items, args.workers, args.timeout)
     out = args.out or args.data.with_name(args.data.name.removesuffix(".jsonl") + ".scored.jsonl")
     _write_rows(out, [{**row, "score": r.score, "reason": r.reason} for row, r in zip(rows, results)])
     _print_summary(rows, results)
     print(f"wrote {len(rows)} scored rows to {out}")
     return 0
+
+
+def _score_with_progress(items: list[dict], workers: int | None, timeout: float | None, chunk: int = 256) -> list:
+    import rewards
+    from tqdm import tqdm
+
+    results = []
+    with tqdm(total=len(items), desc="scoring", unit="row", file=sys.stderr, disable=len(items) <= chunk) as bar:
+        for start in range(0, len(items), chunk):
+            results += rewards.score_batch(items[start : start + chunk], max_workers=workers, timeout=timeout)
+            bar.update(min(chunk, len(items) - start))
+    return results
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
