@@ -2,11 +2,14 @@
 
 Started by `rewards.sandbox` as `python -I -S -B _sandbox_harness.py` with a
 scrubbed environment; it starts its own session, reads a job (marshal) on
-stdin and writes one report (marshal) on stdout. Standard library only, and
-few modules of it: every import is paid for by every program scored.
+stdin and writes one report (marshal) on stdout. With `--serve` it is a
+zygote instead: one per scoring process, it forks a fresh outer process per
+job (framed jobs in, framed reports out), so a program costs a fork rather
+than an interpreter start. Standard library only, and few modules of it.
 
 Process tree (see rewards/sandbox.py for what each layer stops):
 
+    zygote (optional; root, trusted, stateless): forks one outer process per job
     outer (root, host pid namespace): unshare namespaces, fork, wait, clean up by uid
       supervisor (pid 1 of the new pid namespace when there is one): mounts,
       drops to the sandbox uid, then for each case:
@@ -60,14 +63,112 @@ def _mount(source, target, fstype, flags, data=None):
 
 def main():
     os.setsid()  # its own session and process group, killed as a whole by the caller
+    if sys.argv[1:] == ["--serve"]:
+        return serve()
     job = marshal.loads(sys.stdin.buffer.read())
     _reopen_devnull(0)
     if job.get("kill_uid") is not None:  # cleanup mode: kill every process of a sandbox uid
         kill_uid(job["kill_uid"])
         return 0
+    return run_job(job, job["parent_pid"])
+
+
+def serve():
+    """Zygote mode: read framed jobs on stdin, run each in a fresh fork, write framed reports.
+
+    The zygote never runs untrusted code and keeps no state between jobs;
+    each job gets a fresh forked process with fresh namespaces, exactly as a
+    one-shot harness would, without paying for an interpreter start.
+    """
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.getppid()
+    while True:
+        job = _read_frame(0)
+        if job is None or os.getppid() != parent:
+            return 0
+        _write_frame(1, _run_forked(job))
+
+
+def _run_forked(job):
+    """Run one job in a fresh child; (exit status, report bytes or error text)."""
+    read, write = os.pipe()
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.setsid()
+            os.dup2(write, 1)
+            os.close(write)
+            _reopen_devnull(0)
+            code = run_job(job, me)
+        except BaseException as err:
+            try:
+                os.write(1, marshal.dumps({"error": f"{type(err).__name__}: {err}"}))
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+    os.close(write)
+    data, timed_out = _read_until(read, time.monotonic() + job["total_seconds"])
+    os.close(read)
+    if timed_out:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, status = os.waitpid(pid, 0)
+    iso = job["isolation"]
+    if timed_out and iso["uid"] is not None:
+        kill_uid(iso["uid"])
+    return ("timeout" if timed_out else os.waitstatus_to_exitcode(status), data)
+
+
+def _read_until(fd, deadline):
+    chunks, poller = [], select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            if time.monotonic() >= deadline:
+                return b"".join(chunks), True
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+
+
+def _read_frame(fd):
+    head = _read_exactly(fd, 8)
+    if head is None:
+        return None
+    return marshal.loads(_read_exactly(fd, int.from_bytes(head, "little")))
+
+
+def _read_exactly(fd, size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _write_frame(fd, value):
+    data = marshal.dumps(value)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def run_job(job, parent_pid):
+    """Outer process of one job: namespaces, then the supervisor child; returns its exit status."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     sys.path.extend(p for p in job.get("site_packages", []) if p not in sys.path)
-    if os.getppid() != job["parent_pid"]:
+    if os.getppid() != parent_pid:
         return 1  # the caller is already gone
     iso = dict(job["isolation"])
     iso["namespaces"] = iso["namespaces"] and _unshare(job["isolation"]["uid"] is not None)
@@ -77,10 +178,8 @@ def main():
     if pid == 0:
         try:
             supervise(job, iso)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
+        except BaseException as err:
+            os.write(1, marshal.dumps({"error": f"{type(err).__name__}: {err}"}))
             os._exit(1)
         os._exit(0)
     _, status = os.waitpid(pid, 0)

@@ -1,12 +1,14 @@
 """Run untrusted Python programs against test cases, and leave the host untouched.
 
-One call, `run_program(program, cases)`, starts one sandbox: a fresh Python
-process (the harness in `_sandbox_harness.py`) in a new session, with an
-empty environment apart from PATH, HOME and TMPDIR (nothing of the caller's
-environment reaches it), in its own temporary work directory. The program is
-compiled once; each case then runs in a fresh fork of the harness, so a case
-cannot see what an earlier one changed, and costs a fork instead of an
-interpreter start.
+One call, `run_program(program, cases)`, starts one sandbox: a fresh process
+(the harness in `_sandbox_harness.py`, forked from a per-process zygote that
+has already started Python; a one-shot harness when the zygote is busy) in a
+new session, with an empty environment apart from PATH, HOME and TMPDIR
+(nothing of the caller's environment reaches it), in its own temporary work
+directory. The program is compiled once; each case then runs in a fresh
+fork of the harness, so a case cannot see what an earlier one changed, and
+costs a fork instead of an interpreter start. The zygote is trusted code
+that never runs a program and keeps nothing between jobs.
 
 What stops what, as root (CI, containers) with namespaces available:
 
@@ -54,20 +56,23 @@ What is weaker elsewhere, and how it degrades:
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import marshal
 import os
+import select
 import shutil
 import signal
 import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 HARNESS = Path(__file__).with_name("_sandbox_harness.py")
 # Private uids for sandboxes run as root: one per concurrent sandbox, picked
@@ -146,43 +151,107 @@ def run_program(program: str, cases: Sequence[Case], limits: Limits = Limits(), 
             "parent_pid": os.getpid(),
             "site_packages": site.getsitepackages(),  # importable by programs, without .pth side effects
         }
-        total = 5.0 + len(cases) * (limits.wall_seconds + 0.5)
-        out, err, timed_out = _run_harness(job, workdir, total)
-        if uid is not None and (timed_out or not out):
-            _kill_uid(uid)  # the harness died early: make sure nothing of the sandbox survives it
-    if timed_out:
-        return SandboxRun([CaseResult("timeout") for _ in cases], error="sandbox run exceeded its total time", uid=uid, workdir=str(workdir))
+        job["total_seconds"] = 5.0 + len(cases) * (limits.wall_seconds + 0.5)
+        status, out, detail = _run_job(job)
+        if uid is not None and status != 0:
+            _kill_uid(uid)  # the harness died early or ran out of time: nothing of the sandbox may survive it
+    where = {"uid": uid, "workdir": str(workdir)}
+    if status == "timeout":
+        return SandboxRun([CaseResult("timeout") for _ in cases], error="sandbox run exceeded its total time", **where)
     try:
         report = marshal.loads(out)
     except (EOFError, ValueError, TypeError):
-        detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        return SandboxRun([CaseResult("error") for _ in cases], error=f"sandbox harness failed: {detail[0]}", uid=uid, workdir=str(workdir))
-    return SandboxRun([CaseResult(**c) for c in report["cases"]], report["isolation"], uid=uid, workdir=str(workdir))
+        report = {"error": detail or f"no report (exit status {status})"}
+    if "error" in report:
+        return SandboxRun([CaseResult("error") for _ in cases], error=f"sandbox harness failed: {report['error']}", **where)
+    return SandboxRun([CaseResult(**c) for c in report["cases"]], report["isolation"], **where)
 
 
-def _run_harness(job: dict, workdir: Path, total: float) -> tuple[bytes, bytes, bool]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir)}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", str(HARNESS)],  # no site: 20 ms instead of 100+ to start
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        env=env,
-    )  # the harness calls setsid() itself, which keeps the cheap vfork path of subprocess
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_COMMAND = [sys.executable, "-I", "-S", "-B", str(HARNESS)]  # no site: 20 ms instead of 100+ to start
+
+
+def _run_job(job: dict) -> tuple[Any, bytes, str]:
+    """(exit status or "timeout", report bytes, error detail): through this process's zygote when free."""
+    zygote = _Zygote.get()
+    if zygote is not None:
+        try:
+            return zygote.run(job)
+        finally:
+            zygote.lock.release()
+    return _run_once(job)
+
+
+def _run_once(job: dict) -> tuple[Any, bytes, str]:
+    """One harness process for one job (used while this process's zygote is busy in another thread)."""
+    proc = subprocess.Popen(_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=job["workdir"], env=_ENV)  # the harness calls setsid() itself: subprocess may vfork
     try:
-        out, err = proc.communicate(marshal.dumps(job), timeout=total)
-        return out, err, False
+        out, err = proc.communicate(marshal.dumps(job), timeout=job["total_seconds"])
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return proc.returncode, out, lines[-1] if lines else ""
     except subprocess.TimeoutExpired:
-        return b"", b"", True
+        return "timeout", b"", ""
     finally:
-        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-            try:
-                kill()
-            except (ProcessLookupError, PermissionError):
-                pass
-        proc.wait()
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+class _Zygote:
+    """A long-lived harness in `--serve` mode that forks a fresh sandbox per job (one per process)."""
+
+    _current: Optional["_Zygote"] = None
+    _guard = threading.Lock()
+
+    def __init__(self):
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(_COMMAND + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, cwd="/", env=_ENV)
+
+    @classmethod
+    def get(cls) -> Optional["_Zygote"]:
+        """This process's zygote, locked for the caller; None when another thread holds it."""
+        with cls._guard:
+            zygote = cls._current
+            if zygote is None or zygote.owner != os.getpid() or zygote.proc.poll() is not None:
+                zygote = cls._current = cls()
+            if not zygote.lock.acquire(blocking=False):
+                return None
+            return zygote
+
+    def run(self, job: dict) -> tuple[Any, bytes, str]:
+        try:
+            data = marshal.dumps(job)
+            self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], job["total_seconds"] + 10)
+            head = self.proc.stdout.read(8) if ready else b""
+            if len(head) < 8:
+                raise OSError("sandbox zygote stopped answering")
+            status, out = marshal.loads(self.proc.stdout.read(int.from_bytes(head, "little")))
+            return status, out, ""
+        except (OSError, EOFError, ValueError) as err:
+            self.close()  # the next job starts a new one
+            return 1, b"", str(err)
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+
+
+@atexit.register
+def _close_zygote() -> None:
+    zygote = _Zygote._current
+    if zygote is not None and zygote.owner == os.getpid():
+        zygote.close()
 
 
 def _kill_uid(uid: int) -> None:
