@@ -87,7 +87,7 @@ class VLLMEngine:
             tensor_parallel_size=options.tensor_parallel_size,
             gpu_memory_utilization=options.gpu_memory_utilization,
             enforce_eager=(not on_gpu) if options.enforce_eager is None else options.enforce_eager,
-            max_model_len=options.max_prompt_length + options.max_response_length,
+            max_model_len=max_model_len(model_path, options),
             logprobs_mode="processed_logprobs",
         )
         if options.kv_cache_gib is not None:
@@ -123,6 +123,8 @@ class VLLMEngine:
         seed: int | None = None,
     ) -> list[Completion]:
         budgets = per_prompt_max_tokens(prompts, n, max_tokens)
+        if not prompts:
+            return []
         if seed is None:  # a fresh stream per call, reproducible from the engine seed
             seed = self.seed * 7919 + self.calls
         self.calls += 1
@@ -187,6 +189,16 @@ class VLLMEngine:
         self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         cleanup_dist_env_and_memory()
+
+
+def max_model_len(model_path: str, options: RolloutSection) -> int:
+    """Prompt plus response budget, capped at the model's positions (vLLM refuses more at start-up;
+    a request that does not fit is refused when it comes)."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    wanted = options.max_prompt_length + options.max_response_length
+    return min(wanted, limit) if limit else wanted
 
 
 def _completions(prompt_index: int, output, first_sample: int = 0) -> list[Completion]:

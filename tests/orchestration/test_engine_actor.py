@@ -10,6 +10,8 @@ from posttrain.config import RolloutSection
 from posttrain.orchestration.actors import EngineSyncClient, engine_alive, spawn_engine_actor
 from posttrain.rollout.testing import build_checkpoint, random_weights
 
+pytestmark = pytest.mark.slow  # Ray start-up and one worker process per engine: 10 s and more each
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -54,7 +56,6 @@ def test_killed_engine_is_detected_and_a_replacement_answers(local_ray, model_di
     ray.kill(replacement)
 
 
-@pytest.mark.slow
 def test_vllm_engine_actor_generates_and_reloads_in_process(local_ray, model_dir):
     """The actor's runtime_env carries VLLM_ENABLE_V1_MULTIPROCESSING=0: in-process reload works there."""
     options = RolloutSection(engine="vllm", kv_cache_gib=1, gpu_memory_utilization=0.1,

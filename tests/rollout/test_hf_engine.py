@@ -56,6 +56,7 @@ def test_returns_n_samples_per_prompt_in_order_within_budgets(engine, prompts):
         if c.finish_reason == "length":
             assert len(c.token_ids) == budgets[c.prompt_index]
         assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    assert engine.generate([], 3) == []
 
 
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])

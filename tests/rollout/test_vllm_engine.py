@@ -61,6 +61,7 @@ def test_returns_n_samples_per_prompt_in_order_within_budgets(engine, prompts):
         assert len(c.token_ids) == len(c.logprobs) <= budgets[c.prompt_index]
         assert c.finish_reason == "stop" or len(c.token_ids) == budgets[c.prompt_index]
     assert out[3].token_ids != out[4].token_ids  # the samples of a group differ
+    assert engine.generate([], 3) == []
 
 
 def test_seeds_reproduce(engine, prompts):
