@@ -261,7 +261,12 @@ def _kill_uid(uid: int) -> None:
 
 @contextmanager
 def _uid_slot(isolation: Isolation) -> Iterator[Optional[int]]:
-    """A private uid held for the duration of one run (None when not dropping privileges)."""
+    """A private uid held for the duration of one run (None when not dropping privileges).
+
+    The slot's lock file says "1" while a run holds it; a slot found so (its
+    holder was killed, e.g. a reward worker past its timeout) has every
+    process of its uid killed before it is reused.
+    """
     if not (isolation.drop_user and os.geteuid() == 0):
         yield None
         return
@@ -277,7 +282,11 @@ def _uid_slot(isolation: Isolation) -> Iterator[Optional[int]]:
             os.close(fd)
             continue
         try:
+            if os.pread(fd, 1, 0) == b"1":  # its last holder was killed mid-run: clear what it left
+                _kill_uid(UID_BASE + slot)
+            os.pwrite(fd, b"1", 0)
             yield UID_BASE + slot
+            os.ftruncate(fd, 0)  # finished cleanly: no processes of this uid are left
         finally:
             os.close(fd)
         return

@@ -327,3 +327,30 @@ def test_file_size_and_open_file_limits():
     assert "File too large" in run.cases[0].stderr and not run.cases[0].passed
     assert "Too many open files" in run.cases[1].stderr and not run.cases[1].passed
     assert run.cases[2].passed
+
+
+def test_uid_left_dirty_by_a_killed_run_is_cleaned_before_reuse(monkeypatch):
+    from rewards import sandbox
+
+    if os.geteuid() != 0:  # private uids exist only for root; nothing to clean up otherwise
+        assert run_program("print(1)", [Case()]).uid is None
+        return
+    slot = 4000
+    uid = sandbox.UID_BASE + slot
+    lock = Path(sandbox.tempfile.gettempdir()) / "posttrain-sandbox-uids" / f"{slot}.lock"
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    lock.write_bytes(b"1")  # as a run killed mid-way leaves it
+    orphan = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "60"])
+    try:
+        time.sleep(0.3)
+        assert _uid_of(str(orphan.pid)) == uid
+        # land on this slot: the search starts at (pid * 7919 + monotonic_ns) % UID_SLOTS
+        monkeypatch.setattr(sandbox.time, "monotonic_ns", lambda: slot - (os.getpid() * 7919) % sandbox.UID_SLOTS)
+        run = run_program("print(1)", [Case()])
+        monkeypatch.undo()
+        assert run.uid == uid and run.cases[0].passed
+        assert orphan.wait(10) == -9
+        assert lock.read_bytes() == b""
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
