@@ -21,6 +21,7 @@ for _name, _module in {
     "recipe": "posttrain.commands.recipe",
     "sft": "posttrain.commands.sft",
     "dpo": "posttrain.commands.dpo",
+    "pairs": "posttrain.commands.pairs",
     "rlvr": "posttrain.commands.rlvr",
     "pipeline": "posttrain.commands.pipeline",
     "verify": "posttrain.commands.verify",

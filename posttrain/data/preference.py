@@ -93,7 +93,8 @@ def pair_problem(row: dict) -> Optional[str]:
         if not assistant_text(row[side][-1]).strip():
             return f"{BAD_PAIR}{side}[{len(row[side]) - 1}].content: empty final answer"
     if _prompt_turns(row["chosen"]) != _prompt_turns(row["rejected"]):
-        return f"{BAD_PAIR}rejected: prompt turns differ from chosen's (both sides must share everything before the last turn)"
+        return (f"{BAD_PAIR}rejected: prompt turns differ from chosen's "
+                "(both sides must share everything before the last turn)")
     if assistant_text(row["chosen"][-1]) == assistant_text(row["rejected"][-1]):
         return f"{BAD_PAIR}rejected: the final answer is identical to chosen's"
     return None
@@ -175,11 +176,14 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
-def load_pairs(tokenizer, data: DataSection, dpo: DPOSection, split: str = "train") -> tuple[list[TokenizedPair], PairReport]:
+def load_pairs(
+    tokenizer, data: DataSection, dpo: DPOSection, split: str = "train"
+) -> tuple[list[TokenizedPair], PairReport]:
     """Read, validate and tokenize one split of a DPO recipe's data."""
     rows, report = read_pairs(data, dpo, split)
     return tokenize_pairs(
-        tokenizer, rows, max_length=data.max_length, overlong=data.overlong, max_length_diff=dpo.max_length_diff, report=report
+        tokenizer, rows, max_length=data.max_length, overlong=data.overlong, max_length_diff=dpo.max_length_diff,
+        report=report,
     )
 
 
@@ -228,7 +232,8 @@ def collate(
         )
     index = torch.tensor(list(indices), dtype=torch.long)
     ref_c, ref_r = (ref_logps[0][index], ref_logps[1][index]) if ref_logps is not None else (None, None)
-    return PreferenceBatch(*sides["chosen"], *sides["rejected"], ref_chosen_logps=ref_c, ref_rejected_logps=ref_r, example_index=index)
+    return PreferenceBatch(*sides["chosen"], *sides["rejected"], ref_chosen_logps=ref_c, ref_rejected_logps=ref_r,
+                           example_index=index)
 
 
 def concatenated(batch: PreferenceBatch, pad_id: int) -> dict[str, torch.Tensor]:
@@ -248,7 +253,9 @@ def concatenated(batch: PreferenceBatch, pad_id: int) -> dict[str, torch.Tensor]
     }
 
 
-def filler(pairs: Sequence[TokenizedPair], pad_id: int, ref_logps: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> PreferenceBatch:
+def filler(
+    pairs: Sequence[TokenizedPair], pad_id: int, ref_logps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+) -> PreferenceBatch:
     """A one-pair batch marked `example_index = -1`: no loss, no stats; keeps an idle rank in step with the others."""
     batch = collate(pairs, [0], pad_id, ref_logps)
     batch.example_index = torch.tensor([-1])

@@ -88,14 +88,18 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs, report = P.load_pairs(tokenizer, config.data, config.dpo, "train")
-    heldout, held_report = P.load_pairs(tokenizer, config.data, config.dpo, "heldout") if config.data.heldout else ([], None)
+    heldout, held_report = [], None
+    if config.data.heldout:
+        heldout, held_report = P.load_pairs(tokenizer, config.data, config.dpo, "heldout")
     if not pairs:
         raise RuntimeError(f"[dpo] no usable training pairs: {report.to_dict()}")
     world = config.distributed.num_workers
-    plan = StepPlan(num_rows=len(pairs), rows_per_step=config.batch.sequences, micro_batch_size=config.batch.micro_batch_size,
-                    world_size=world, epochs=config.optim.epochs, seed=config.data.seed, max_steps=config.optim.max_steps)
+    plan = StepPlan(num_rows=len(pairs), rows_per_step=config.batch.sequences,
+                    micro_batch_size=config.batch.micro_batch_size, world_size=world, epochs=config.optim.epochs,
+                    seed=config.data.seed, max_steps=config.optim.max_steps)
     fingerprint = P.fingerprint(pairs)
-    print(f"[dpo] {len(pairs)} pairs ({len(heldout)} held out); {plan.total_steps} steps of {plan.rows_per_step} pairs, "
+    print(f"[dpo] {len(pairs)} pairs ({len(heldout)} held out); "
+          f"{plan.total_steps} steps of {plan.rows_per_step} pairs, "
           f"accumulation {plan.accumulation} x {world} ranks; skipped {report.bad_pairs_skipped} bad pairs, "
           f"{report.malformed_skipped} malformed rows; dropped {report.length_diff_dropped} by length difference, "
           f"{report.overlong_dropped} overlong")
@@ -148,7 +152,7 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
             if (step + 1) % config.logging.every == 0 or step + 1 == plan.total_steps:
                 metrics = window.flush(epoch=(step + 1) / plan.steps_per_epoch)
                 logger.log(step + 1, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('reward_acc', metrics['pref_acc']):.2f}")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{accuracy(metrics):.2f}")
             bar.update(1)
             every = config.output.save_every
             if every and (step + 1) % every == 0 and step + 1 < plan.total_steps:
@@ -182,7 +186,8 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
     if owns_ray:
         ray.shutdown()
     print(f"[dpo] done in {wall:.1f}s: loss {final.get('loss', float('nan')):.4f}; held-out preference accuracy "
-          f"{final.get('heldout_pref_acc_before', float('nan')):.3f} -> {final.get('heldout_pref_acc', float('nan')):.3f}; "
+          f"{final.get('heldout_pref_acc_before', float('nan')):.3f} -> "
+          f"{final.get('heldout_pref_acc', float('nan')):.3f}; "
           f"checkpoint {run_dir / 'checkpoint'}")
     return run_dir
 
@@ -264,6 +269,11 @@ class Window:
         self.last.pop("pairs", None)
         self.totals, self.times, self.steps = {}, {}, 0
         return self.last
+
+
+def accuracy(metrics: dict) -> float:
+    """The accuracy the progress bar shows: implicit-reward accuracy, else (reference-free) the policy's preference."""
+    return metrics.get("reward_acc", metrics["pref_acc"])
 
 
 def plan_summary(plan: StepPlan) -> dict:

@@ -107,8 +107,8 @@ def dpo_loss_fn(
     """
     chosen, rejected = policy_logps(model, batch, pad_id)
     losses, reward_c, reward_r = PREFERENCE_LOSSES.get(loss)(
-        chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, batch.chosen_lengths, batch.rejected_lengths,
-        beta=beta, gamma=gamma, label_smoothing=label_smoothing,
+        chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps,
+        batch.chosen_lengths, batch.rejected_lengths, beta=beta, gamma=gamma, label_smoothing=label_smoothing,
     )
     losses = torch.where(_valid(batch), losses, torch.zeros_like(losses))
     stats = preference_stats(chosen, rejected, batch, (reward_c, reward_r))

@@ -118,7 +118,8 @@ def from_results(results: Iterable[dict], pairs: Sequence[TokenizedPair]) -> Ref
     missing = torch.isnan(chosen) | torch.isnan(rejected)
     if missing.any():
         raise RuntimeError(f"reference log-probs missing for {int(missing.sum())} of {len(pairs)} pairs")
-    lengths = {side: torch.tensor([len(getattr(p, side)) for p in pairs], dtype=torch.long) for side in ("chosen", "rejected")}
+    lengths = {side: torch.tensor([len(getattr(p, side)) for p in pairs], dtype=torch.long)
+               for side in ("chosen", "rejected")}
     return ReferenceLogps(chosen, rejected, lengths["chosen"], lengths["rejected"])
 
 
@@ -140,7 +141,8 @@ def compute(
         indices = list(range(start, min(start + batch_size, len(pairs))))
         with torch.no_grad():
             chosen, rejected = batch_logps(collate(pairs, indices, pad_id))
-        results.append({"index": indices, "chosen": chosen.float().cpu().tolist(), "rejected": rejected.float().cpu().tolist()})
+        results.append({"index": indices, "chosen": chosen.float().cpu().tolist(),
+                        "rejected": rejected.float().cpu().tolist()})
     return from_results(results, pairs)
 
 
