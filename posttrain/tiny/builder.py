@@ -70,7 +70,8 @@ def build(
     out = Path(out_dir).resolve()
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    _remove_dead_builds(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the build is an ordinary directory
     try:
         info = _build_into(tmp, seed, pretrain_steps, data or DataConfig(), log)
@@ -91,6 +92,24 @@ def _check_replaceable(out: Path) -> None:
     entries = {p.name for p in out.iterdir()}
     if entries and not (entries & {BUILD_FILE, "base", "data"}):
         raise FileExistsError(f"{out} is not empty and does not hold a tiny build; choose another directory")
+
+
+def _remove_dead_builds(out: Path) -> None:
+    """Delete temporary directories left by builds of `out` whose process is gone (killed builds)."""
+    for tmp in out.parent.glob(f".{out.name}.building-*"):
+        pid = tmp.name.rsplit(".building-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace(tmp: Path, out: Path) -> None:

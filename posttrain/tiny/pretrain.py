@@ -70,7 +70,7 @@ def pretrain(model, blocks: torch.Tensor, cfg: PretrainConfig, seed: int, log: C
     )
     model.train()
     losses: list[tuple[int, float]] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -85,7 +85,7 @@ def pretrain(model, blocks: torch.Tensor, cfg: PretrainConfig, seed: int, log: C
             losses.append((step, round(loss.item(), 4)))
             log(f"  pretrain step {step + 1}/{cfg.steps}  loss {loss.item():.3f}  "
                 f"{(step + 1) * cfg.batch * cfg.block / elapsed:,.0f} tokens/s")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
     tokens = cfg.steps * cfg.batch * cfg.block
     return {
@@ -95,6 +95,9 @@ def pretrain(model, blocks: torch.Tensor, cfg: PretrainConfig, seed: int, log: C
         "epochs": round(tokens / blocks.numel(), 3),
         "seconds": round(seconds, 2),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+        # CPU time over all threads: on a busy machine this, not wall time, says what the work costs
+        "cpu_seconds": round(cpu_seconds, 2),
+        "threads": torch.get_num_threads(),
         "final_loss": losses[-1][1] if losses else None,
         "losses": losses,
     }

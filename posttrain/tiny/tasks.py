@@ -156,10 +156,17 @@ def math_task(rng: random.Random) -> Task:
 # instruction following
 
 def content(topic: str, rng: random.Random) -> tuple[str, str]:
-    """(two plain sentences about the topic, a title for it); the first sentence always has commas."""
+    """(two plain sentences about the topic, a title for it); the first sentence always has commas.
+
+    The "I think that" opening is there for IFEval's case checks, which also
+    ask `langdetect` for English: without it, all-caps sentences such as
+    "BREAD IS WARM, FRESH AND BROWN." read as German (about 2% of samples);
+    with it, none of 6,000 sampled variants (upper, lower, titled, with an
+    end phrase) did.
+    """
     subject, adjectives, actions, use = TOPICS[topic]
     x, y, z = rng.sample(adjectives, 3)
-    first = f"{subject[0].upper()}{subject[1:]} is {x}, {y} and {z}."
+    first = f"I think that {subject} is {x}, {y} and {z}."
     second = rng.choice(
         (f"It {rng.choice(actions)}.", f"Many people {use}.", f"Often, it {rng.choice(actions)}.")
     )
