@@ -229,6 +229,14 @@ def parse_spec(spec: Spec) -> tuple[tuple[str, float], ...]:
     >>> parse_spec({"math": 3, "format": 1})
     (('math', 3.0), ('format', 1.0))
     """
+    parts = spec_parts(spec)
+    for name, _ in parts:
+        get(name)
+    return parts
+
+
+def spec_parts(spec: Spec) -> tuple[tuple[str, float], ...]:
+    """The structure of a `verifier` value, as in `parse_spec`, without checking names."""
     if isinstance(spec, str):
         parts = [(spec, 1.0)]
     elif isinstance(spec, Mapping):
@@ -245,7 +253,8 @@ def parse_spec(spec: Spec) -> tuple[tuple[str, float], ...]:
     else:
         raise ValueError(f"verifier must be a name, a list of names or [name, weight] pairs, or a mapping; got {spec!r}")
     for name, weight in parts:
-        get(name)
+        if not name:
+            raise ValueError("verifier names must not be empty")
         if not weight >= 0 or math.isinf(weight):
             raise ValueError(f"verifier weight for {name!r} must be finite and >= 0, got {weight}")
     if sum(w for _, w in parts) <= 0:

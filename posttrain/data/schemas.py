@@ -14,7 +14,7 @@ The formats are the conversational ones of the ecosystem (TRL, open-instruct):
   (`dpo_row` checks the structure, `dpo_pair` the sharing and differing).
 - RLVR: `{"messages": [...], "ground_truth": ..., "verifier": NAME}`: the
   prompt turns (ending in a user turn), the reference answer the verifier
-  checks against, and the registered verifier's name (or a list of names).
+  checks against, and the registered verifier's name (or several, weighted: see rewards.parse_spec).
 
 Columns beyond these are allowed and passed through. Missing optional message
 fields read as None (Arrow-backed files fill them in), so None is accepted
@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable, Collection, Optional
 
 from posttrain.registry import Registry
+from rewards.core import spec_parts
 
 RowValidator = Callable[[dict], Optional[str]]
 
@@ -122,10 +123,10 @@ def rlvr_row_validator(verifiers: Collection[str] | None = None) -> RowValidator
             return f"messages[{len(messages) - 1}].role: the prompt must end with a user turn, got {messages[-1]['role']!r}"
         if row.get("ground_truth") is None:
             return "ground_truth: missing"
-        names = row.get("verifier")
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
-            return f"verifier: expected a verifier name (or a list of names), got {row.get('verifier')!r}"
+        try:
+            names = [name for name, _ in spec_parts(row.get("verifier"))]
+        except (ValueError, TypeError) as err:
+            return f"verifier: {err}"
         unknown = [n for n in names if verifiers is not None and n not in verifiers]
         if unknown:
             return f"verifier: unknown verifier {unknown[0]!r} (registered: {', '.join(sorted(verifiers))})"

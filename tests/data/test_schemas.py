@@ -85,14 +85,20 @@ def test_all_of_reports_the_first_problem_in_order():
         ({"messages": []}, "messages: empty conversation"),
         ({"messages": SFT["messages"]}, "messages[2].role: the prompt must end with a user turn, got 'assistant'"),
         ({"ground_truth": None}, "ground_truth: missing"),
-        ({"verifier": None}, "verifier: expected a verifier name (or a list of names), got None"),
-        ({"verifier": ""}, "verifier: expected a verifier name (or a list of names), got ''"),
-        ({"verifier": []}, "verifier: expected a verifier name (or a list of names), got []"),
-        ({"verifier": ["math", 3]}, "verifier: expected a verifier name (or a list of names), got ['math', 3]"),
+        ({"verifier": None}, "verifier: verifier must be a name, a list of names or [name, weight] pairs, or a mapping; got None"),
+        ({"verifier": ""}, "verifier: verifier names must not be empty"),
+        ({"verifier": []}, "verifier: verifier must be a name, a list of names or [name, weight] pairs, or a mapping; got []"),
+        ({"verifier": ["math", 3]}, "verifier: verifier list entries must be names or [name, weight] pairs, got 3"),
+        ({"verifier": {"math": -1}}, "verifier: verifier weight for 'math' must be finite and >= 0, got -1.0"),
     ],
 )
 def test_rlvr_problems(change, problem):
     assert rlvr_row({**RLVR, **change}) == problem
+
+
+@pytest.mark.parametrize("spec", ["math", ["math", "format"], [["math", 3], ["format", 1]], {"math": 3, "format": 1}])
+def test_rlvr_accepts_every_verifier_spec_rewards_accepts(spec):
+    assert rlvr_row({**RLVR, "verifier": spec}) is None
 
 
 def test_rlvr_ground_truth_zero_is_present():
