@@ -12,7 +12,9 @@ Layout (a contract: stages, recipes and outside tests read it):
 Order of work: toy data (from the seed), tokenizer (trained on the toy text),
 model (initialised from the seed), pretraining (a fixed number of steps),
 then save. Everything is written into a temporary sibling directory that is
-renamed onto DIR at the end, so a killed build never looks built.
+renamed onto DIR at the end, with build.json last, so a killed build never
+looks built. Rebuilding replaces base/, data/ and build.json only: whatever
+else lives in DIR (the tiny recipes write stage runs there) stays.
 """
 
 from __future__ import annotations
@@ -84,14 +86,17 @@ def build(
 
 
 def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a directory that is neither empty nor a tiny build."""
+    """Refuse to overwrite base/ or data/ that no tiny build wrote (DIR without build.json)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     entries = {p.name for p in out.iterdir()}
-    if entries and not (entries & {BUILD_FILE, "base", "data"}):
-        raise FileExistsError(f"{out} is not empty and does not hold a tiny build; choose another directory")
+    if BUILD_FILE not in entries and entries & {"base", "data"}:
+        raise FileExistsError(
+            f"{out} has base/ or data/ but no {BUILD_FILE}, so no tiny build wrote them; "
+            "remove them or choose another directory"
+        )
 
 
 def _remove_dead_builds(out: Path) -> None:
@@ -113,14 +118,25 @@ def _alive(pid: int) -> bool:
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished build onto `out`: a rename, so readers see all of it or none of it."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+    """Install the finished build in `tmp` as `out`.
+
+    A new `out` is one rename. An existing one keeps its other entries (the
+    tiny recipes write their stage runs under it): build.json goes first, so
+    from then on `out` does not look built, base/ and data/ are swapped in, and
+    build.json is renamed in last, which is the moment the new build exists.
+    """
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    (out / BUILD_FILE).unlink(missing_ok=True)
+    old = tmp / "replaced"
+    old.mkdir()
+    for name in ("base", "data"):
+        if (out / name).exists():
+            (out / name).rename(old / name)
+        (tmp / name).rename(out / name)
+    (tmp / BUILD_FILE).rename(out / BUILD_FILE)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: DataConfig, log) -> dict:

@@ -120,6 +120,16 @@ def test_failed_build_leaves_nothing_and_keeps_the_old_build(tmp_path):
     assert is_built(out) and read_build_info(out)["hashes"] == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
 
+    # a rebuild swaps base/, data/ and build.json, and leaves stage runs kept under DIR alone
+    (out / "think" / "sft").mkdir(parents=True)
+    (out / "think" / "sft" / "metrics.jsonl").write_text("{}\n")
+    build(out, seed=1, pretrain_steps=1, data=SMALL, log=lambda _: None)
+    assert is_built(out) and read_build_info(out)["seed"] == 1
+    assert read_build_info(out)["hashes"]["weights_sha256"] != before["weights_sha256"]
+    assert (out / "think" / "sft" / "metrics.jsonl").read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in out.iterdir()) == ["base", "build.json", "data", "think"]
+
 
 def test_dead_temp_dirs_are_cleaned_and_foreign_dirs_refused(tmp_path):
     stale = tmp_path / ".tiny.building-999999999-abc"
@@ -127,12 +137,12 @@ def test_dead_temp_dirs_are_cleaned_and_foreign_dirs_refused(tmp_path):
     build(tmp_path / "tiny", seed=0, pretrain_steps=1, data=SMALL, log=lambda _: None)
     assert not stale.exists()
     foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("keep me")
+    (foreign / "base").mkdir(parents=True)
+    (foreign / "base" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="mine"):
         build(foreign, seed=0, pretrain_steps=1, data=SMALL, log=lambda _: None)
-    assert (foreign / "notes.txt").read_text() == "keep me"
-    assert not is_built(tmp_path / "nowhere")
+    assert (foreign / "base" / "notes.txt").read_text() == "keep me"
+    assert not is_built(foreign) and not is_built(tmp_path / "nowhere")
 
 
 def test_command_skips_an_existing_build(tiny_dir, capsys):
