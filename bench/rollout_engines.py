@@ -5,8 +5,8 @@ about 25M parameters (hidden 512, 8 heads of 64, 6 layers, vocabulary 4096),
 `--prompts` prompts of 16-64 tokens, 8 samples each, responses up to 256
 tokens. Response lengths vary within and across groups: the eos output row
 is aligned with the model's mean final hidden state, so eos gets a steady
-per-token probability (about 3% on random text, less on generated text) and responses stop at random, the longest
-ones at the 256 cap.
+per-token probability (3% on random text, less on the model's own output)
+and responses stop at random, the longest ones at the 256 cap.
 
 Both engines run with the recipe defaults for their options, each in its own
 child process (vLLM's Transformers backend rewrites transformers' Olmo 3

@@ -214,7 +214,7 @@ class RolloutSection(Section):
     enforce_eager: Optional[bool] = Field(None, description="vLLM: no CUDA graphs or compilation; None: on for CPU, off for GPU")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
     hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
-    weight_sync: Literal["reload", "nccl"] = Field("reload", description="how learner weights reach vLLM: reload (in-process copy, CPU or GPU) or nccl (vLLM weight-transfer API, GPU)")
+    weight_sync: Literal["reload", "nccl", "ipc"] = Field("reload", description="how learner weights reach vLLM: reload (load_weights, in-process copy; CPU or GPU), or vLLM's weight-transfer API on GPU: nccl (broadcast to engines on other GPUs) or ipc (engine sharing the learner's GPU)")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
 

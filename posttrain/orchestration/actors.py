@@ -144,20 +144,27 @@ def engine_alive(actor, timeout: float = 30.0) -> bool:
 
 
 class EngineSyncClient:
-    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (weight_sync=nccl).
+    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (weight_sync=nccl or ipc).
 
-    The learner's sender rank builds vLLM's trainer engine with it:
-    `WeightTransferTrainerFactory.trainer_init(NCCLTrainerInitInfo(master_address,
-    master_port, world_size=1 + len(actors) * workers_per_engine), client=EngineSyncClient(actors,
-    workers_per_engine), source=ModuleSource(model))`, then `send_weights()`
-    each step. Every call fans out to all engines and waits for them. Each
-    separate engine sees itself as data-parallel rank 0, so its NCCL ranks
-    are shifted here: engine i takes ranks 1 + i * workers_per_engine onwards.
+    The learner's sender rank builds vLLM's trainer engine with it, once:
+
+        client = EngineSyncClient(actors, workers_per_engine=tensor_parallel_size)
+        sender = WeightTransferTrainerFactory.trainer_init(
+            NCCLTrainerInitInfo(master_address, master_port, world_size=1 + len(actors) * tp, rank=0),
+            # or IPCTrainerInitInfo(rank=0) for an engine on the learner's GPU
+            client=client, source=ModuleSource(model))
+
+    and each step sets `client.version = step` and calls `sender.send_weights()`
+    (start, update, finish on every engine; the engines then report that
+    version). Every call fans out to all engines and waits for them. Each
+    separate engine sees itself as data-parallel rank 0, so NCCL ranks are
+    shifted here: engine i takes ranks rank_offset + i * workers_per_engine on.
     """
 
     def __init__(self, actors: list, workers_per_engine: int = 1):
         self.actors = list(actors)
         self.workers_per_engine = workers_per_engine
+        self.version: int | None = None  # reported by the engines after the next finish_weight_update
 
     def _all(self, calls: list) -> None:
         import ray
@@ -165,14 +172,13 @@ class EngineSyncClient:
         ray.get(calls)
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        offset = int(init_info.get("rank_offset", 1))
+        def for_engine(i: int) -> dict[str, Any]:
+            if "rank_offset" not in init_info:  # ipc: no process group
+                return init_info
+            return {**init_info, "rank_offset": int(init_info["rank_offset"]) + i * self.workers_per_engine}
+
         self._all(
-            [
-                actor.weight_transfer.remote(
-                    "init_weight_transfer_engine", {**init_info, "rank_offset": offset + i * self.workers_per_engine}
-                )
-                for i, actor in enumerate(self.actors)
-            ]
+            [actor.weight_transfer.remote("init_weight_transfer_engine", for_engine(i)) for i, actor in enumerate(self.actors)]
         )
 
     def shutdown_weight_transfer_engine(self) -> None:
@@ -185,6 +191,8 @@ class EngineSyncClient:
         self._all([actor.weight_transfer.remote("update_weights", update_info) for actor in self.actors])
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
+        if weight_version is None and self.version is not None:
+            weight_version = str(self.version)
         self._all([actor.weight_transfer.remote("finish_weight_update", weight_version) for actor in self.actors])
 
 

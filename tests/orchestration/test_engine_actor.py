@@ -72,3 +72,29 @@ def test_vllm_engine_actor_generates_and_reloads_in_process(local_ray, model_dir
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
     assert all(len(c.logprobs) == len(c.token_ids) == 6 and max(c.logprobs) <= 0 for c in sampled)
     assert torch.isfinite(torch.tensor([lp for c in sampled for lp in c.logprobs])).all()
+
+
+@pytest.mark.gpu
+def test_ipc_weight_transfer_updates_an_engine_on_the_learners_gpu(local_ray, model_dir):
+    """weight_sync=ipc: vLLM's trainer engine sends a CUDA model's weights through EngineSyncClient."""
+    from transformers import AutoModelForCausalLM
+    from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
+    from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+
+    options = RolloutSection(engine="vllm", weight_sync="ipc", gpu_memory_utilization=0.2,
+                             max_prompt_length=32, max_response_length=32)
+    actor = spawn_engine_actor(str(model_dir), options, num_cpus=1, num_gpus=0.5)
+    try:
+        before = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=600)
+        learner = AutoModelForCausalLM.from_pretrained(model_dir).cuda()
+        learner.load_state_dict(random_weights(model_dir, seed=3, logit_scale=20.0))
+        client = EngineSyncClient([actor])
+        sender = WeightTransferTrainerFactory.trainer_init(IPCTrainerInitInfo(rank=0), client=client,
+                                                           source=ModuleSource(learner))
+        client.version = 5
+        sender.send_weights()
+        after = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=120)
+        assert ray.get(actor.ping.remote())["policy_version"] == 5
+    finally:
+        ray.kill(actor)
+    assert [c.token_ids for c in after] != [c.token_ids for c in before]
