@@ -19,10 +19,15 @@ def run(args: argparse.Namespace) -> int:
     from posttrain import tiny
     from posttrain.tiny.builder import read_build_info
 
+    from posttrain.tiny.pretrain import PretrainConfig
+
     out = Path(args.out)
-    if not args.force and tiny.is_built(out) and read_build_info(out).get("seed") == args.seed:
-        print(f"{out} already holds the tiny default (seed {args.seed}); --force rebuilds it")
-        return 0
+    steps = args.pretrain_steps or PretrainConfig().steps
+    if not args.force and tiny.is_built(out):
+        info = read_build_info(out)
+        if info.get("seed") == args.seed and info.get("pretrain", {}).get("steps") == steps:
+            print(f"{out} already holds the tiny default (seed {args.seed}, {steps} pretraining steps); --force rebuilds it")
+            return 0
     try:
         tiny.build(out, seed=args.seed, pretrain_steps=args.pretrain_steps)
     except FileExistsError as err:
