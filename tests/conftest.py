@@ -72,3 +72,62 @@ def tiny_chains(tiny_dir, tmp_path_factory) -> Path:
     (run / "demo.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"posttrain demo failed:\n{(result.stdout + result.stderr)[-4000:]}"
     return run
+
+
+# --------------------------------------------------------------------------
+# The tiny SFT stage as its recipes run it, once per session, through the CLI.
+
+
+def run_stage_cli(stage: str, recipe: str, out: Path, overrides: list[str], *, timeout: float = 1800) -> float:
+    """`python -m posttrain STAGE --recipe RECIPE --output-dir OUT OVERRIDES`; returns its wall seconds.
+
+    OUT/cli.log holds what it printed; a failure shows its last lines.
+    """
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "posttrain", stage, "--recipe", recipe, "--output-dir", str(out), *overrides]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cli.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"posttrain {stage} failed:\n{(result.stdout + result.stderr)[-4000:]}"
+    (out / "cli_wall_s.txt").write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def tiny_sft_overrides(tiny: Path, variant: str, model: Path) -> list[str]:
+    """Point a tiny SFT recipe (paths under runs/tiny/) at the session's tiny default and a start checkpoint."""
+    data = tiny / "data" / f"sft_{variant}"
+    return [f"model.path={model}", f"data.train.0.path={data / 'train.jsonl'}",
+            f"data.heldout.0.path={data / 'heldout.jsonl'}"]
+
+
+@pytest.fixture(scope="session")
+def sft_think_dir(tiny_dir, tmp_path_factory) -> Path:
+    """Run dir of `posttrain sft --recipe recipes/tiny/think/sft.yaml` from the tiny base.
+
+    OUT/checkpoint/ (the Think SFT checkpoint), metrics.jsonl, manifest.json,
+    plots/, cli.log and cli_wall_s.txt (the command's wall seconds).
+    """
+    out = tmp_path_factory.mktemp("sft_think")
+    run_stage_cli("sft", "recipes/tiny/think/sft.yaml", out, tiny_sft_overrides(tiny_dir, "think", tiny_dir / "base"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_instruct_dir(tiny_dir, sft_think_dir, tmp_path_factory) -> Path:
+    """Run dir of `posttrain sft --recipe recipes/tiny/instruct/sft.yaml`, started from the Think SFT
+    checkpoint as in Olmo 3; same layout as `sft_think_dir`."""
+    out = tmp_path_factory.mktemp("sft_instruct")
+    start = sft_think_dir / "checkpoint"
+    run_stage_cli("sft", "recipes/tiny/instruct/sft.yaml", out, tiny_sft_overrides(tiny_dir, "instruct", start))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_dirs(sft_think_dir, sft_instruct_dir) -> dict[str, Path]:
+    """{"think": run dir, "instruct": run dir} of the tiny SFT stage (each holds checkpoint/)."""
+    return {"think": sft_think_dir, "instruct": sft_instruct_dir}
