@@ -6,15 +6,15 @@ see what each stage did, as Olmo 3's SFT / DPO / final tables do, the same
 suite runs on every checkpoint of the chain:
 
 - `pass@1`, `pass@1/<verifier>`: one greedy response to each held-out RLVR
-  prompt (the RLVR recipe's `data.heldout`, the first `max_prompts`), passing
+  prompt (the RLVR recipe's `data.heldout`, the first `size`), passing
   when its verifier scores it 1 (`posttrain.stages.rlvr_eval`);
 - `format`: share of those responses in the variant's shape
   (`posttrain.data.chat.is_well_formed`: a leading think block then an
   answer for Think, no think block for Instruct) that also stopped by
   themselves rather than at the token limit;
 - `response_tokens`: their mean length;
-- `pref_acc`: share of held-out DPO pairs (the DPO recipe's `data.heldout`)
-  whose chosen response has the higher per-token log-prob under the
+- `pref_acc`: share of held-out DPO pairs (the DPO recipe's `data.heldout`,
+  the first `size`) whose chosen response has the higher per-token log-prob under the
   checkpoint, the model's own preference (as `heldout_pref_acc` in DPO).
 
 Results are cached in `RUN_DIR/eval.json` by checkpoint content hash and
@@ -57,18 +57,19 @@ class Suite:
     variant: str
     prompt_rows: tuple  # RLVR held-out rows: messages, ground_truth, verifier
     pair_config: DPOConfig | None  # whose data.heldout holds the held-out pairs
+    size: int  # at most this many prompts, and this many pairs
     max_tokens: int
     max_prompt_length: int
 
     @property
     def key(self) -> str:
         pairs = [s.model_dump(mode="json") for s in self.pair_config.data.heldout] if self.pair_config else []
-        text = json.dumps([self.variant, list(self.prompt_rows), pairs, self.max_tokens, self.max_prompt_length],
+        text = json.dumps([self.variant, list(self.prompt_rows), pairs, self.size, self.max_tokens, self.max_prompt_length],
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, max_prompts: int) -> Suite:
+def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, size: int) -> Suite:
     """The suite a chain's recipes define: RLVR held-out prompts, DPO held-out pairs."""
     rows: list[dict] = []
     if rlvr is not None and rlvr.data.heldout:
@@ -77,11 +78,11 @@ def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, ma
         from posttrain.data.schemas import rlvr_row_validator
 
         rewards.load_plugins(rlvr.verifiers.modules)
-        rows = mix_section(rlvr.data, rlvr_row_validator(rewards.names()), "heldout").rows[:max_prompts]
+        rows = mix_section(rlvr.data, rlvr_row_validator(rewards.names()), "heldout").rows[:size]
     pairs = dpo if dpo is not None and dpo.data.heldout else None
     max_tokens = rlvr.rollout.max_response_length if rlvr is not None else 128
     max_prompt = rlvr.rollout.max_prompt_length if rlvr is not None else 2048
-    return Suite(variant, tuple(rows), pairs, max_tokens, max_prompt)
+    return Suite(variant, tuple(rows), pairs, size, max_tokens, max_prompt)
 
 
 def evaluate(checkpoint: str | Path, suite: Suite) -> dict[str, float]:
@@ -90,7 +91,7 @@ def evaluate(checkpoint: str | Path, suite: Suite) -> dict[str, float]:
     if suite.prompt_rows:
         metrics.update(generation_metrics(checkpoint, suite))
     if suite.pair_config is not None:
-        metrics.update(preference_metrics(checkpoint, suite.pair_config))
+        metrics.update(preference_metrics(checkpoint, suite.pair_config, suite.size))
     return metrics
 
 
@@ -130,7 +131,8 @@ def _verifier_name(verifier) -> str:
     return verifier if isinstance(verifier, str) else "+".join(map(str, verifier))
 
 
-def preference_metrics(checkpoint: str | Path, dpo: DPOConfig, batch_pairs: int = 16) -> dict[str, float]:
+def preference_metrics(checkpoint: str | Path, dpo: DPOConfig, max_pairs: int | None = None,
+                       batch_pairs: int = 16) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,7 +141,7 @@ def preference_metrics(checkpoint: str | Path, dpo: DPOConfig, batch_pairs: int 
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs, _ = load_pairs(tokenizer, dpo.data, dpo.dpo, "heldout")
+    pairs = load_pairs(tokenizer, dpo.data, dpo.dpo, "heldout")[0][:max_pairs]  # file order: the same pairs each time
     if not pairs:
         return {}
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
@@ -170,7 +172,7 @@ def evaluate_chain(run_dir: str | Path, checkpoints: Mapping[str, str | Path], s
                          "metrics": metrics, "seconds": round(time.time() - began, 2)}
         print(f"[eval {suite.variant} {name}] " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
     pairs = max((r["metrics"].get("pairs", 0) for r in results.values()), default=0)
-    content = {"suite": {"key": suite.key, "variant": suite.variant, "prompts": len(suite.prompt_rows),
+    content = {"suite": {"key": suite.key, "variant": suite.variant, "size": suite.size, "prompts": len(suite.prompt_rows),
                          "pairs": pairs, "max_tokens": suite.max_tokens},
                "results": results}
     write_json_atomic(path, content)

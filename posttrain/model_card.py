@@ -148,7 +148,7 @@ def metrics_table(steps: tuple[Step, ...]) -> list[str]:
 
 
 def _card_metric(key: str) -> bool:
-    return key.startswith(("heldout", "eval/pass@1", "eval/score")) or key in ("loss", "steps")
+    return key.startswith(("heldout", "eval/pass@1", "before/eval/pass@1")) or key in ("loss", "steps")
 
 
 def lineage_table(lineage: Ancestry) -> list[str]:

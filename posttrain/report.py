@@ -165,7 +165,7 @@ def eval_table(chain: ChainRun) -> list[Block]:
     table = held_out(chain)
     if table is None:
         return [Heading(3, "Held-out metrics after each stage"),
-                Para("No evaluation was recorded (the pipeline ran with --eval-prompts 0).")]
+                Para("No evaluation was recorded (the pipeline ran with --eval-size 0).")]
     suite, results = chain.evals.get("suite", {}), chain.evals["results"]
     about = (f"Greedy responses to {suite.get('prompts', '?')} held-out RLVR prompts (at most {suite.get('max_tokens', '?')} "
              f"tokens) scored by their verifiers; preference accuracy on {suite.get('pairs', '?')} held-out DPO pairs "
@@ -201,7 +201,7 @@ def own_metrics_table(chain: ChainRun) -> list[Block]:
 
 
 def _own_metric(key: str) -> bool:
-    return key.startswith(("heldout", "eval/pass@1", "eval/score")) or key == "loss"
+    return key.startswith(("heldout", "eval/pass@1", "before/eval/pass@1")) or key == "loss"
 
 
 def curve_blocks(chain: ChainRun, assets: Path) -> list[Block]:

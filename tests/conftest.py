@@ -53,7 +53,7 @@ E2E_CHAIN_OVERRIDES = (
     "rlvr:eval.every=0",
     "rlvr:eval.max_prompts=32",
 )
-E2E_EVAL_PROMPTS = 48
+E2E_EVAL_SIZE = 48
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ def tiny_chains(tiny_dir, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("chains")
     command = [sys.executable, "-m", "posttrain", "demo", "--tiny", str(tiny_dir), "--run-dir", str(run),
-               "--eval-prompts", str(E2E_EVAL_PROMPTS), *E2E_CHAIN_OVERRIDES]
+               "--eval-size", str(E2E_EVAL_SIZE), *E2E_CHAIN_OVERRIDES]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
     (run / "demo.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"posttrain demo failed:\n{(result.stdout + result.stderr)[-4000:]}"

@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", default="runs/tiny", metavar="DIR", help="tiny default directory, built when missing (default: runs/tiny)")
     parser.add_argument("--run-dir", default="runs/demo", metavar="DIR", help="write RUN_DIR/think and RUN_DIR/instruct (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny default when it is built")
-    parser.add_argument("--eval-prompts", type=int, default=200, metavar="N",
-                        help="held-out RLVR prompts scored on every checkpoint (0: no evaluation; default %(default)s)")
+    parser.add_argument("--eval-size", type=int, default=100, metavar="N",
+                        help="held-out RLVR prompts and DPO pairs scored on every checkpoint (0: no evaluation; "
+                             "default %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for both chains, e.g. rlvr:grpo.steps=20 (see posttrain pipeline --help)")
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             base = pipeline.think_sft_checkpoint(run_dir / "think") if variant == "instruct" else None
             print(f"\n== {variant} chain -> {run_dir / variant}", flush=True)
             pipeline.run(variant=variant, recipes=RECIPES / variant, base=base, run_dir=run_dir / variant,
-                         overrides=tuple(args.overrides), relocations=relocations, eval_prompts=args.eval_prompts)
+                         overrides=tuple(args.overrides), relocations=relocations, eval_size=args.eval_size)
     except pipeline.StageNotBuilt as err:
         print(err, file=sys.stderr)
         return NOT_BUILT

@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", choices=STAGES, default=None,
                         help="rerun this stage and every later one (earlier checkpoints must exist); "
                              "default: run the stages whose inputs changed, skip the others")
-    parser.add_argument("--eval-prompts", type=int, default=200, metavar="N",
-                        help="after the chain, score the input and every stage's checkpoint on N held-out RLVR prompts "
-                             "and the held-out DPO pairs, into RUN_DIR/eval.json (0: no evaluation; default %(default)s)")
+    parser.add_argument("--eval-size", type=int, default=200, metavar="N",
+                        help="after the chain, score the input and every stage's checkpoint on up to N held-out RLVR "
+                             "prompts and N held-out DPO pairs, into RUN_DIR/eval.json (0: no evaluation; default %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for every stage (optim.lr=1e-5), or for one stage (rlvr:grpo.steps=20)")
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             start=args.start,
             overrides=tuple(args.overrides),
             relocations=relocations,
-            eval_prompts=args.eval_prompts,
+            eval_size=args.eval_size,
         )
     except pipeline.StageNotBuilt as err:
         print(err, file=sys.stderr)

@@ -227,14 +227,14 @@ def run(
     *,
     relocations: Sequence[Relocation] = (),
     drivers: Registry[Driver] | None = None,
-    eval_prompts: int = 0,
+    eval_size: int = 0,
 ) -> Path:
     """Run the chain for `variant` (see the module docstring); returns the last stage's output directory.
 
     start: None runs every stage whose inputs changed; a stage name reruns it and every later stage.
     drivers: the stage drivers by name (default: `DRIVERS`, the real stages).
-    eval_prompts: > 0 runs the held-out suite of `posttrain.evaluation` (that many RLVR prompts, and the
-        DPO held-out pairs) on the input and on every stage's checkpoint, into RUN_DIR/eval.json.
+    eval_size: > 0 runs the held-out suite of `posttrain.evaluation` (up to that many RLVR prompts and
+        DPO pairs) on the input and on every stage's checkpoint, into RUN_DIR/eval.json.
     """
     drivers = DRIVERS if drivers is None else drivers
     if start is not None and start not in CHAIN:
@@ -248,10 +248,10 @@ def run(
         model_path = base if index == 0 else run_dir / CHAIN[index - 1] / EXPORT_DIR
         configs[stage] = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, run_dir / stage)
     results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
-    if eval_prompts > 0:
+    if eval_size > 0:
         from posttrain.model_card import write_model_card
 
-        evaluate_stages(run_dir, variant, configs, eval_prompts)
+        evaluate_stages(run_dir, variant, configs, eval_size)
         for stage in CHAIN:  # the cards now show the held-out suite too
             write_model_card(run_dir / stage / EXPORT_DIR)
     summary = {"variant": variant, "recipes": str(recipes), "base": str(base) if base is not None else None,
@@ -262,11 +262,11 @@ def run(
     return run_dir / CHAIN[-1]
 
 
-def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], max_prompts: int) -> dict:
+def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], size: int) -> dict:
     """The held-out suite on the chain's input (when local) and on each stage's checkpoint: RUN_DIR/eval.json."""
     from posttrain import evaluation
 
-    suite = evaluation.build_suite(variant, configs.get("rlvr"), configs.get("dpo"), max_prompts)
+    suite = evaluation.build_suite(variant, configs.get("rlvr"), configs.get("dpo"), size)
     first = configs[CHAIN[0]].model.path
     checkpoints = {"input": first} if Path(first).is_dir() else {}
     checkpoints.update({stage: Path(config.output.dir) / EXPORT_DIR for stage, config in configs.items()})

@@ -78,11 +78,11 @@ def test_every_checkpoint_was_evaluated_on_the_same_suite(tiny_chains):
 
 def test_a_second_run_skips_every_stage(tiny_chains, tiny_dir):
     first = read_json(tiny_chains / "think" / PIPELINE_FILE)  # the same command line as the demo's think chain
-    prompts = read_json(tiny_chains / "think" / EVAL_FILE)["suite"]["prompts"]
+    size = read_json(tiny_chains / "think" / EVAL_FILE)["suite"]["size"]
     began = time.time()
     result = subprocess.run(
         [sys.executable, "-m", "posttrain", "pipeline", "--variant", "think", "--tiny", str(tiny_dir),
-         "--run-dir", str(tiny_chains / "think"), "--eval-prompts", str(prompts), *first["overrides"]],
+         "--run-dir", str(tiny_chains / "think"), "--eval-size", str(size), *first["overrides"]],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     stages = read_json(tiny_chains / "think" / PIPELINE_FILE)["stages"]

@@ -344,12 +344,12 @@ def test_the_real_drivers_are_registered_for_every_stage():
 def test_the_command_runs_the_chain_through_the_registry(tiny, tmp_path, drivers, calls, monkeypatch, capsys):
     monkeypatch.setattr(P, "DRIVERS", drivers)
     run_dir = tmp_path / "run"
-    argv = ["pipeline", "--variant", "think", "--tiny", str(tiny), "--run-dir", str(run_dir), "--eval-prompts", "0", "rlvr:grpo.steps=2"]
+    argv = ["pipeline", "--variant", "think", "--tiny", str(tiny), "--run-dir", str(run_dir), "--eval-size", "0", "rlvr:grpo.steps=2"]
     assert main(argv) == 0
     assert calls == ["sft", "dpo", "rlvr"]
     assert capsys.readouterr().out.strip().endswith(f"think chain done: {run_dir / 'rlvr'}")
     instruct = ["pipeline", "--variant", "instruct", "--tiny", str(tiny), "--think-run", str(run_dir),
-                "--run-dir", str(tmp_path / "instruct"), "--eval-prompts", "0"]
+                "--run-dir", str(tmp_path / "instruct"), "--eval-size", "0"]
     assert main(instruct) == 0
     assert read_json(tmp_path / "instruct" / "sft" / MANIFEST)["parent"]["path"] == str(run_dir / "sft" / EXPORT_DIR)
 
