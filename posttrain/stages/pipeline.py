@@ -36,6 +36,7 @@ skipped and why, wall times and checkpoint paths (read by `posttrain report`).
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ class ModuleDriver:
         module = stage_module(self.stage)
         if module is None:
             raise StageNotBuilt(f"the {self.stage} stage is not built yet")
+        from posttrain.orchestration.cluster import init_ray
+
+        # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain.
+        init_ray(config.distributed.ray_address)
         return Path(module.run(config, resume=False))
 
     def __repr__(self) -> str:
@@ -247,7 +252,12 @@ def run(
     for index, stage in enumerate(CHAIN):
         model_path = base if index == 0 else run_dir / CHAIN[index - 1] / EXPORT_DIR
         configs[stage] = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, run_dir / stage)
-    results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
+    ray_was_up = _ray_is_up()
+    try:
+        results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
+    finally:
+        if not ray_was_up and _ray_is_up():
+            sys.modules["ray"].shutdown()
     if eval_size > 0:
         from posttrain.model_card import write_model_card
 
@@ -260,6 +270,11 @@ def run(
     write_json_atomic(run_dir / PIPELINE_FILE, summary)
     print(format_table(variant, run_dir, results, summary["wall_s"]))
     return run_dir / CHAIN[-1]
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")  # never imported when no real stage ran: nothing to shut down
+    return ray is not None and ray.is_initialized()
 
 
 def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], size: int) -> dict:
