@@ -14,9 +14,12 @@ tests register cheap ones in a registry of their own). Inputs:
 Skip rule. A stage is skipped when its previous run is still valid: its
 exported checkpoint is complete (`checkpoints.is_complete_export`) and its
 `manifest.json` records the same input checkpoint hash, the same resolved
-recipe hash and the same data source fingerprints as this run would use.
+recipe (compared by `recipe_hash`: every key except where the input is read
+from, where the output goes and how progress is logged, which cannot change
+the result) and the same data source fingerprints as this run would use.
 Otherwise it runs, and every later stage then sees a new input hash and runs
-too. `start=STAGE` (`--from`) reruns STAGE and everything after it
+too. So a stage's run directory copied elsewhere (or one made by `posttrain
+STAGE` with the same recipe and input) counts as done. `start=STAGE` (`--from`) reruns STAGE and everything after it
 unconditionally; the stages before it must have complete checkpoints and are
 kept as they are (a stale one is reported, not rerun).
 
@@ -36,6 +39,8 @@ skipped and why, wall times and checkpoint paths (read by `posttrain report`).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,12 +51,15 @@ from posttrain.checkpoints import (
     EXPORT_DIR, MANIFEST, checkpoint_hash, data_source_fingerprints, is_complete_export, read_json, write_json_atomic,
 )
 from posttrain.commands._stage import STAGES, stage_module
-from posttrain.config import RecipeError, StageConfig, config_hash, load_recipe, to_dict
+from posttrain.config import RecipeError, StageConfig, load_recipe, to_dict
 from posttrain.registry import Registry
 
 CHAIN = STAGES  # ("sft", "dpo", "rlvr"): the order of the chain
 PIPELINE_FILE = "pipeline.json"
 TINY_ROOT = Path("runs/tiny")  # where the tiny recipes expect the tiny default
+# Recipe keys that cannot change what a stage computes: left out of the skip rule's recipe hash.
+# (The input is compared by its content hash instead of its path.)
+NOT_RESULT_KEYS = ("model.path", "output.dir", "logging")
 
 Driver = Callable[[StageConfig], Path]  # runs one stage from its resolved config; returns its output dir
 
@@ -177,13 +185,25 @@ class StageInputs:
 
     checkpoint: str  # model.path
     checkpoint_hash: str
-    config_hash: str
+    recipe_hash: str
     data: dict = field(default_factory=dict)  # {source path: fingerprint}
 
     @classmethod
     def of(cls, config: StageConfig) -> "StageInputs":
         return cls(checkpoint=config.model.path, checkpoint_hash=checkpoint_hash(config.model.path),
-                   config_hash=config_hash(config), data=data_source_fingerprints(to_dict(config)))
+                   recipe_hash=recipe_hash(to_dict(config)), data=data_source_fingerprints(to_dict(config)))
+
+
+def recipe_hash(config: dict) -> str:
+    """sha256 of a resolved recipe without `NOT_RESULT_KEYS` (16 hex digits)."""
+    kept = copy.deepcopy(config)
+    for dotted in NOT_RESULT_KEYS:
+        *parents, last = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part) or {}
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def why_rerun(out_dir: Path, inputs: StageInputs) -> str | None:
@@ -196,7 +216,7 @@ def why_rerun(out_dir: Path, inputs: StageInputs) -> str | None:
     manifest = read_json(checkpoint / MANIFEST)
     if (manifest.get("parent") or {}).get("hash") != inputs.checkpoint_hash:
         return "input checkpoint changed"
-    if manifest.get("config_hash") != inputs.config_hash:
+    if recipe_hash(manifest.get("config") or {}) != inputs.recipe_hash:
         return "recipe changed"
     if manifest.get("data_sources") != inputs.data:
         return "data changed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,28 @@ def test_a_rerun_with_unchanged_inputs_skips_every_stage(tiny, tmp_path, drivers
     assert calls == []
     assert actions(run_dir) == [(s, "skipped", "inputs unchanged") for s in P.CHAIN]
     assert before == {s: (run_dir / s / EXPORT_DIR / "model.safetensors").stat().st_mtime_ns for s in P.CHAIN}
+
+
+def test_a_chain_copied_elsewhere_is_done_there_too(tiny, tmp_path, drivers, calls):
+    run_chain(tiny, tmp_path / "run", drivers)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    calls.clear()
+    run_chain(tiny, tmp_path / "copy", drivers)  # other model.path and output.dir: not part of the result
+    assert calls == []
+    assert actions(tmp_path / "copy") == [(s, "skipped", "inputs unchanged") for s in P.CHAIN]
+    run_chain(tiny, tmp_path / "copy", drivers, overrides=("logging.every=3",))  # nor is logging
+    assert calls == []
+
+
+def test_recipe_hash_leaves_out_input_path_output_dir_and_logging():
+    config = {"model": {"path": "a", "dtype": "float32"}, "output": {"dir": "x", "save_every": 0},
+              "logging": {"every": 1}, "optim": {"lr": 1e-4}}
+    moved = {"model": {"path": "b", "dtype": "float32"}, "output": {"dir": "y", "save_every": 0},
+             "logging": {"every": 5}, "optim": {"lr": 1e-4}}
+    assert P.recipe_hash(config) == P.recipe_hash(moved)
+    assert P.recipe_hash(config) != P.recipe_hash({**config, "optim": {"lr": 2e-4}})
+    assert P.recipe_hash(config) != P.recipe_hash({**config, "output": {"dir": "x", "save_every": 5}})
+    assert config["model"]["path"] == "a"  # the argument is left as it was
 
 
 def test_changed_data_reruns_that_stage_and_the_ones_after_it(tiny, tmp_path, drivers, calls):
