@@ -44,10 +44,10 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-# The tiny chains as the e2e tests run them: the demo's recipes, shortened so that both chains fit a few
-# minutes; each stage's own e2e test is where its learning is pinned.
+# The tiny chains as the e2e tests run them: the demo's recipes, DPO and RLVR shortened so that both chains
+# fit a few minutes (each stage's own e2e test is where its learning is pinned). The SFT stages are the
+# session's SFT runs (`tiny_sft_dirs`), copied into the chains: the pipeline's skip rule recognises them.
 E2E_CHAIN_OVERRIDES = (
-    "sft:optim.max_steps=40",
     "dpo:optim.max_steps=10",
     "rlvr:grpo.steps=4",
     "rlvr:eval.every=0",
@@ -57,15 +57,19 @@ E2E_EVAL_SIZE = 48
 
 
 @pytest.fixture(scope="session")
-def tiny_chains(tiny_dir, tmp_path_factory) -> Path:
+def tiny_chains(tiny_dir, tiny_sft_dirs, tmp_path_factory) -> Path:
     """`posttrain demo` on the session's tiny default: RUN/{think,instruct}/{sft,dpo,rlvr}, eval.json, the report.
 
-    Runs the real CLI once per session (E2E_CHAIN_OVERRIDES); RUN/demo.log holds what it printed.
+    RUN/<variant>/sft starts as a copy of the session's SFT run of that variant (so the demo skips it);
+    the rest runs through the real CLI (E2E_CHAIN_OVERRIDES); RUN/demo.log holds what it printed.
     """
+    import shutil
     import subprocess
     import sys
 
     run = tmp_path_factory.mktemp("chains")
+    for variant, sft_dir in tiny_sft_dirs.items():
+        shutil.copytree(sft_dir, run / variant / "sft")
     command = [sys.executable, "-m", "posttrain", "demo", "--tiny", str(tiny_dir), "--run-dir", str(run),
                "--eval-size", str(E2E_EVAL_SIZE), *E2E_CHAIN_OVERRIDES]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
