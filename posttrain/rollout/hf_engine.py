@@ -119,6 +119,9 @@ class HFEngine:
         dtype = getattr(torch, resolve_dtype(options.dtype, self.device.type == "cuda"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        # generate() merges the checkpoint's generation defaults (repetition penalty, ...)
+        # into ours; a neutral one keeps SeededSampler the only logits processor.
+        self.model.generation_config = GenerationConfig()
         self.stop_ids = stop_token_ids(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]

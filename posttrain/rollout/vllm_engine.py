@@ -91,6 +91,9 @@ class VLLMEngine:
             enforce_eager=(not on_gpu) if options.enforce_eager is None else options.enforce_eager,
             max_model_len=max_model_len(model_path, options),
             logprobs_mode="processed_logprobs",
+            # never read the checkpoint's generation_config.json: sampling is exactly what
+            # generate() asks for (vLLM's docs: its max_new_tokens would cap every request)
+            generation_config="vllm",
         )
         if options.kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)

@@ -122,3 +122,18 @@ def test_load_weights_rejects_unknown_names_and_shapes(engine):
 
 def engine_dir(engine) -> str:
     return engine.model.name_or_path
+
+
+def test_checkpoint_generation_settings_do_not_change_sampling(model_dir, tmp_path, reference, prompts):
+    """A checkpoint may carry sampling defaults (Olmo 3's do); only generate()'s arguments count."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    shutil.copytree(model_dir, tmp_path / "model")
+    GenerationConfig(do_sample=True, repetition_penalty=3.0, no_repeat_ngram_size=1, temperature=0.6, top_k=5).save_pretrained(tmp_path / "model")
+    engine = HFEngine(str(tmp_path / "model"), RolloutSection(engine="hf"))
+    out = engine.generate(prompts[:2], 2, max_tokens=16, seed=0)
+    diffs = [abs(a - b) for c in out
+             for a, b in zip(c.logprobs, reference_logprobs(reference, prompts[c.prompt_index], c.token_ids))]
+    assert max(diffs) < LOGPROB_TOL

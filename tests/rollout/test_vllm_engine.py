@@ -26,11 +26,20 @@ STOP_ID = word_tokenizer(VOCAB).convert_tokens_to_ids("<|im_end|>")
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir):
+def engine(model_dir, tmp_path_factory):
+    """Built from a copy of the checkpoint carrying sampling defaults (as Olmo 3's do): every test
+    below then also checks that only generate()'s arguments decide the sampling."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    served = tmp_path_factory.mktemp("vllm") / "model"
+    shutil.copytree(model_dir, served)
+    GenerationConfig(do_sample=True, temperature=0.6, top_k=5, repetition_penalty=3.0, max_new_tokens=4).save_pretrained(served)
     options = RolloutSection(
         engine="vllm", kv_cache_gib=1, gpu_memory_utilization=0.1, max_prompt_length=64, max_response_length=64
     )
-    engine = EngineProcess(model_dir, options, seed=0)
+    engine = EngineProcess(served, options, seed=0)
     yield engine
     engine.close()
 
