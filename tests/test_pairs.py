@@ -30,12 +30,14 @@ def words(text: str) -> int:
     [
         ([sample("\\boxed{5}")], [sample("\\boxed{6}")], {}, ("\\boxed{5}", "\\boxed{6}")),
         # the first passing chosen sample and the first failing rejected sample
-        ([sample("\\boxed{4}"), sample("so \\boxed{5}")], [sample("\\boxed{5}"), sample("\\boxed{7}")], {}, ("so \\boxed{5}", "\\boxed{7}")),
+        ([sample("\\boxed{4}"), sample("so \\boxed{5}")], [sample("\\boxed{5}"), sample("\\boxed{7}")], {},
+         ("so \\boxed{5}", "\\boxed{7}")),
         ([sample("\\boxed{4}")], [sample("\\boxed{6}")], {}, "chosen_failed_verifier"),
         ([sample("\\boxed{5}")], [sample("it is \\boxed{5}")], {}, "rejected_passed_verifier"),
         ([sample("\\boxed{5}", "length")], [sample("\\boxed{6}")], {}, "chosen_truncated"),
         # lengths: a pair within the limit is searched for among the samples
-        ([sample("\\boxed{5}")], [sample("a b c d e f \\boxed{6}"), sample("x \\boxed{6}")], {"max_length_diff": 1}, ("\\boxed{5}", "x \\boxed{6}")),
+        ([sample("\\boxed{5}")], [sample("a b c d e f \\boxed{6}"), sample("x \\boxed{6}")], {"max_length_diff": 1},
+         ("\\boxed{5}", "x \\boxed{6}")),
         ([sample("\\boxed{5}")], [sample("a b c d e f \\boxed{6}")], {"max_length_diff": 1}, "length_diff"),
     ],
 )
@@ -65,7 +67,8 @@ def models(tmp_path_factory):
     from posttrain.tiny.model import generation_config, tiny_config
     from posttrain.tiny.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer([f"What is {i} plus {j}? The answer is {i + j}." for i in range(20) for j in range(5)], vocab_size=300)
+    corpus = [f"What is {i} plus {j}? The answer is {i + j}." for i in range(20) for j in range(5)]
+    tokenizer = train_tokenizer(corpus, vocab_size=300)
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -103,8 +106,10 @@ def test_build_resume_and_refilter_with_the_hf_engine(tmp_path, models):
     pairs = read_jsonl(tmp_path / "out.jsonl")
     assert len(pairs) == report.kept and all(p["prompt_id"] in {"p1", "p2", "p4", "p5"} for p in pairs)
     for pair in pairs:
-        assert pair["chosen"][:-1] == pair["rejected"][:-1] == [{"role": "user", "content": f"What is {pair['prompt_id'][1:]} plus 2?"}]
-        assert pair["chosen"][-1]["role"] == "assistant" and pair["chosen"][-1]["content"] != pair["rejected"][-1]["content"]
+        prompt = [{"role": "user", "content": f"What is {pair['prompt_id'][1:]} plus 2?"}]
+        assert pair["chosen"][:-1] == pair["rejected"][:-1] == prompt
+        assert pair["chosen"][-1]["role"] == "assistant"
+        assert pair["chosen"][-1]["content"] != pair["rejected"][-1]["content"]
 
     # a run killed while appending: two prompts done and a torn line
     parts = tmp_path / "out.jsonl.parts"
@@ -142,9 +147,11 @@ def test_cli_with_vllm_cpu(tmp_path, models):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 4)
     out = tmp_path / "pairs.jsonl"
     command = [sys.executable, "-m", "posttrain", "pairs", "--chosen-model", models[0], "--rejected-model", models[1],
-               "--prompts", prompts, "--out", str(out), "--engine", "vllm", "--max-tokens", "8", "--max-prompt-length", "64", "--kv-cache-gib", "1",
+               "--prompts", prompts, "--out", str(out), "--engine", "vllm", "--max-tokens", "8",
+               "--max-prompt-length", "64", "--kv-cache-gib", "1",
                "--gpu-memory-utilization", "0.1", "--temperature", "1.0", "--no-progress"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert report["generated"] == {"chosen": 4, "rejected": 4}

@@ -30,6 +30,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from posttrain.config import DataSection, DPOSection
@@ -44,11 +45,14 @@ SIDES = ("chosen", "rejected")
 
 @dataclass(frozen=True)
 class TokenizedPair:
-    """One preference pair: shared prompt tokens and the two responses' tokens (each ending in <|im_end|>)."""
+    """One preference pair: shared prompt tokens and the two responses' tokens (each ending in <|im_end|>).
 
-    prompt: tuple[int, ...]
-    chosen: tuple[int, ...]
-    rejected: tuple[int, ...]
+    Token ids are int32 arrays: 4 bytes a token, so a large preference set fits the driver's memory.
+    """
+
+    prompt: np.ndarray  # (Tp,) int32
+    chosen: np.ndarray  # (Tc,) int32
+    rejected: np.ndarray  # (Tr,) int32
 
     def __len__(self) -> int:
         """Tokens of the longer full sequence (prompt plus response)."""
@@ -159,7 +163,7 @@ def tokenize_pairs(
         if max_length_diff is not None and abs(len(chosen) - len(rejected)) > max_length_diff:
             report.length_diff_dropped += 1
             continue
-        pair = TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected))
+        pair = TokenizedPair(*(np.asarray(ids, dtype=np.int32) for ids in (prompt, chosen, rejected)))
         if len(pair) > max_length:
             room = max_length - len(pair.prompt)
             if overlong == "drop" or room < 1:
@@ -193,7 +197,7 @@ def fingerprint(pairs: Sequence[TokenizedPair]) -> str:
     for pair in pairs:
         for part in (pair.prompt, pair.chosen, pair.rejected):
             digest.update(len(part).to_bytes(4, "little"))
-            digest.update(torch.tensor(part, dtype=torch.int32).numpy().tobytes())
+            digest.update(np.ascontiguousarray(part, dtype=np.int32).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -201,8 +205,8 @@ def fingerprint(pairs: Sequence[TokenizedPair]) -> str:
 # Batching
 
 
-def _side(prompt: tuple[int, ...], response: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    return list(prompt) + list(response), [IGNORE_INDEX] * len(prompt) + list(response)
+def _side(prompt: np.ndarray, response: np.ndarray) -> tuple[list[int], list[int]]:
+    return prompt.tolist() + response.tolist(), [IGNORE_INDEX] * len(prompt) + response.tolist()
 
 
 def _pad(rows: list[list[int]], value: int, width: int) -> torch.Tensor:

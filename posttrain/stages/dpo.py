@@ -59,6 +59,7 @@ from posttrain.stages.sft import export, save_resumable
 from posttrain.stages.sft_data import StepPlan
 
 REFERENCE_BATCH_FACTOR = 2  # forward-only passes hold no activations for backward: larger batches fit
+FORWARD_CALL_BATCHES = 64  # batches per rank in one Ray call of a forward-only pass
 PLOTS = {  # RUN/plots/<name>.png
     "loss": ("loss",),
     "rewards": ("reward_chosen", "reward_rejected", "reward_margin"),
@@ -198,13 +199,27 @@ def step_batches(plan: StepPlan, pairs: list, step: int, pad_id: int, ref) -> li
             for parts in plan.rank_micro_batches(step)]
 
 
-def rank_batches(pairs: list, batch_size: int, world: int, pad_id: int, ref=None) -> list[list]:
-    """All pairs in order, cut into batches and dealt to ranks; every rank gets as many (fillers pad the last)."""
-    chunks = [list(range(s, min(s + batch_size, len(pairs)))) for s in range(0, len(pairs), batch_size)]
-    per_rank = [chunks[r::world] for r in range(world)]
-    count = max(len(p) for p in per_rank)
-    return [[P.collate(pairs, c, pad_id, ref) for c in part] + [P.filler(pairs, pad_id, ref)] * (count - len(part))
-            for part in per_rank]
+def forward_passes(group: LearnerGroup, config: DPOConfig, pairs: list, pad_id: int, method: str, desc: str,
+                   ref=None, **kwargs) -> list:
+    """`learner.<method>(batches, ...)` over all pairs in order, spread over the ranks; one result per rank and call.
+
+    Pairs go out in calls of `FORWARD_CALL_BATCHES` batches per rank, so no call ships the whole dataset; every
+    rank gets as many batches per call (fillers pad the last), which ZeRO-3's collective forwards need.
+    """
+    world, size = config.distributed.num_workers, config.batch.micro_batch_size * REFERENCE_BATCH_FACTOR
+    chunks = [list(range(s, min(s + size, len(pairs)))) for s in range(0, len(pairs), size)]
+    per_call = FORWARD_CALL_BATCHES * world
+    bar = progress(len(chunks), desc=desc, unit="batch", enabled=config.logging.progress)
+    results = []
+    for start in range(0, len(chunks), per_call):
+        per_rank = [chunks[start:start + per_call][r::world] for r in range(world)]
+        count = max(len(part) for part in per_rank)
+        batches = [[P.collate(pairs, c, pad_id, ref) for c in part]
+                   + [P.filler(pairs, pad_id, ref)] * (count - len(part)) for part in per_rank]
+        results += group.call_per_rank(method, [(b,) for b in batches], **kwargs)
+        bar.update(min(per_call, len(chunks) - start))
+    bar.close()
+    return results
 
 
 def reference(group: LearnerGroup, config: DPOConfig, pairs: list, split: str, root: Path, pad_id: int):
@@ -212,10 +227,9 @@ def reference(group: LearnerGroup, config: DPOConfig, pairs: list, split: str, r
     key = R.cache_key(config.model.path, P.fingerprint(pairs), config.data.max_length, split=split)
 
     def compute() -> R.ReferenceLogps:
-        size = config.batch.micro_batch_size * REFERENCE_BATCH_FACTOR
-        batches = rank_batches(pairs, size, config.distributed.num_workers, pad_id)
-        results = group.call_per_rank("infer", [(b,) for b in batches], fn=reference_fn, pad_id=pad_id)
-        return R.from_results([r for rank in results for r in rank], pairs)
+        results = forward_passes(group, config, pairs, pad_id, "infer", f"reference log-probs ({split})",
+                                 fn=reference_fn, pad_id=pad_id)
+        return R.from_results([r for rank_call in results for r in rank_call], pairs)
 
     return R.cached_or_compute(root, key, compute)
 
@@ -231,10 +245,8 @@ def heldout_before(ref: R.ReferenceLogps) -> dict:
 
 def evaluate(group: LearnerGroup, config: DPOConfig, pairs: list, ref, pad_id: int, loss_kwargs: dict) -> dict:
     """Per-pair means of the preference stats of `pairs` under the current weights (all ranks share the work)."""
-    ref_pair = ref.pair() if ref is not None else None
-    batches = rank_batches(pairs, config.batch.micro_batch_size * REFERENCE_BATCH_FACTOR,
-                           config.distributed.num_workers, pad_id, ref_pair)
-    stats = group.call_per_rank("evaluate", [(b,) for b in batches], loss_fn=eval_loss_fn, **loss_kwargs)
+    stats = forward_passes(group, config, pairs, pad_id, "evaluate", "held-out evaluation",
+                           ref.pair() if ref is not None else None, loss_fn=eval_loss_fn, **loss_kwargs)
     totals: dict[str, float] = {}
     for rank_stats in stats:
         for key, value in rank_stats.items():

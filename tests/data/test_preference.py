@@ -32,7 +32,8 @@ def conv(answer: str, prompt=PROMPT) -> list[dict]:
 
 def good_row(n: int = 0) -> dict:
     prompt = [{"role": "user", "content": f"What is {n} plus 3?"}]
-    return {"chosen": conv(f"The answer is \\boxed{{{n + 3}}}.", prompt), "rejected": conv(f"The answer is {n + 4}.", prompt)}
+    return {"chosen": conv(f"The answer is \\boxed{{{n + 3}}}.", prompt),
+            "rejected": conv(f"The answer is {n + 4}.", prompt)}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def write_jsonl(path, rows) -> str:
 
 
 def sections(path: str, on_bad_row="error", on_bad_pair="error", **dpo) -> tuple[DataSection, DPOSection]:
-    data = DataSection(train=[DatasetSpec(path=path)], heldout=[DatasetSpec(path=path)], on_bad_row=on_bad_row, shuffle=False)
+    spec = [DatasetSpec(path=path)]
+    data = DataSection(train=spec, heldout=spec, on_bad_row=on_bad_row, shuffle=False)
     return data, DPOSection(on_bad_pair=on_bad_pair, **dpo)
 
 
@@ -60,7 +62,8 @@ def sections(path: str, on_bad_row="error", on_bad_pair="error", **dpo) -> tuple
         ({"rejected": conv("no")}, "bad pair: chosen: missing"),
         ({"chosen": conv("yes"), "rejected": []}, "bad pair: rejected: missing"),
         ({"chosen": conv("same"), "rejected": conv("same")}, "identical"),
-        ({"chosen": conv("yes"), "rejected": conv("no", [{"role": "user", "content": "Other?"}])}, "prompt turns differ"),
+        ({"chosen": conv("yes"), "rejected": conv("no", [{"role": "user", "content": "Other?"}])},
+         "prompt turns differ"),
         ({"chosen": conv("yes"), "rejected": conv("   ")}, "bad pair: rejected[1].content: empty final answer"),
         ({"chosen": conv("yes"), "rejected": [*PROMPT, {"role": "bot", "content": "x"}]}, "unknown role 'bot'"),
     ],
@@ -110,7 +113,8 @@ def test_bad_pairs_and_malformed_rows_are_counted_separately(tmp_path):
 
 
 def test_prompt_is_shared_and_labels_cover_the_final_response_only(tokenizer):
-    earlier = [{"role": "system", "content": "Be brief."}, *PROMPT, {"role": "assistant", "content": "5"}, {"role": "user", "content": "And 2 plus 4?"}]
+    earlier = [{"role": "system", "content": "Be brief."}, *PROMPT, {"role": "assistant", "content": "5"},
+               {"role": "user", "content": "And 2 plus 4?"}]
     row = {"chosen": conv("The answer is \\boxed{6}.", earlier), "rejected": conv("The answer is 7.", earlier)}
     (pair,), report = tokenize_pairs(tokenizer, [row], max_length=512)
     assert report.kept == 1

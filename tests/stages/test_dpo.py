@@ -31,12 +31,14 @@ def setup(tmp_path_factory):
     tokenizer = train_tokenizer(corpus, vocab_size=300)
     torch.manual_seed(0)
     config = tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    config.num_hidden_layers, config.layer_types, config.hidden_size, config.intermediate_size = 2, ["full_attention"] * 2, 128, 256
+    config.num_hidden_layers, config.layer_types = 2, ["full_attention"] * 2
+    config.hidden_size, config.intermediate_size = 128, 256
     model = Olmo3ForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("ref")
     model.save_pretrained(path)
     rows = [{"chosen": conv(f"What is {i} plus 2?", f"The answer is \\boxed{{{i + 2}}}."),
-             "rejected": conv(f"What is {i} plus 2?", f"The answer is {i + 3}" + " and more" * (i % 3))} for i in range(10)]
+             "rejected": conv(f"What is {i} plus 2?", f"The answer is {i + 3}" + " and more" * (i % 3))}
+            for i in range(10)]
     pairs, _ = tokenize_pairs(tokenizer, rows, max_length=256)
     return tokenizer, model, path, pairs
 
@@ -85,7 +87,8 @@ def test_cache_write_is_atomic(setup, tmp_path):
 
 def test_from_results_needs_every_pair_and_skips_fillers(setup):
     _, _, _, pairs = setup
-    results = [{"index": [0, 1], "chosen": [-1.0, -2.0], "rejected": [-3.0, -4.0]}, {"index": [-1], "chosen": [9.0], "rejected": [9.0]}]
+    results = [{"index": [0, 1], "chosen": [-1.0, -2.0], "rejected": [-3.0, -4.0]},
+               {"index": [-1], "chosen": [9.0], "rejected": [9.0]}]
     with pytest.raises(RuntimeError, match="missing for 8 of 10"):
         R.from_results(results, pairs)
     full = results + [{"index": list(range(2, 10)), "chosen": [0.0] * 8, "rejected": [0.0] * 8}]
