@@ -200,7 +200,7 @@ def step_batches(plan: StepPlan, pairs: list, step: int, pad_id: int, ref) -> li
 
 
 def forward_passes(group: LearnerGroup, config: DPOConfig, pairs: list, pad_id: int, method: str, desc: str,
-                   ref=None, **kwargs) -> list:
+                   ref=None, /, **kwargs) -> list:
     """`learner.<method>(batches, ...)` over all pairs in order, spread over the ranks; one result per rank and call.
 
     Pairs go out in calls of `FORWARD_CALL_BATCHES` batches per rank, so no call ships the whole dataset; every
