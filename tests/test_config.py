@@ -442,7 +442,8 @@ def test_tiny_recipes_chain_through_runs_tiny(variant):
     tiny = RECIPES / "tiny" / variant
     sft, dpo, rlvr = (load_recipe(tiny / f"{stage}.yaml") for stage in ("sft", "dpo", "rlvr"))
     assert (sft.variant, dpo.variant, rlvr.variant) == (variant,) * 3
-    assert sft.model.path == "runs/tiny/base"
+    # Olmo 3: Instruct SFT starts from the Think SFT checkpoint
+    assert sft.model.path == {"think": "runs/tiny/base", "instruct": "runs/tiny/think/sft/checkpoint"}[variant]
     assert dpo.model.path == f"{sft.output.dir}/checkpoint"
     assert rlvr.model.path == f"{dpo.output.dir}/checkpoint"
     assert [c.output.dir for c in (sft, dpo, rlvr)] == [f"runs/tiny/{variant}/{s}" for s in ("sft", "dpo", "rlvr")]
