@@ -119,14 +119,14 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
     reference, reference_group = spawn_reference(config, config.model.path)
     engines.wait_ready()
     scorers.wait_ready()
-    start_step, cursor, elapsed_before, eval_seconds = 0, 0, 0.0, 0.0
+    start_step, cursor, elapsed_before, train_before = 0, 0, 0.0, 0.0
     if resume_from is not None:
         state = read_json(resume_from / TRAINER_STATE)
         if state.get("data_fingerprint") != fingerprint:
             raise RuntimeError(f"--resume: the training prompts differ from the checkpoint's ({resume_from})")
         learners.call("load_state", str(resume_from))
         start_step, cursor = state["step"], state["data_position"]
-        elapsed_before, eval_seconds = state["elapsed_s"], state.get("eval_s", 0.0)
+        elapsed_before, train_before = state["elapsed_s"], state["train_s"]
         ray.get(sync_weights(learners, engines, start_step))
         print(f"[rlvr] resumed from {resume_from} at step {start_step}")
     startup_s = time.time() - started
@@ -136,8 +136,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         n=grpo.samples_per_prompt, max_async_steps=grpo.max_async_steps, total_steps=grpo.steps,
         seed=config.seed, active_sampling=grpo.active_sampling, max_rounds=grpo.max_active_sampling_rounds,
         sampling=dict(temperature=rollout.temperature, top_p=rollout.top_p, max_tokens=rollout.max_response_length),
-        informative=lambda groups: (~equal_groups(groups, config)).tolist() if grpo.filter_equal_groups
-        else [True] * len(groups),
+        informative=informative_groups(config),
     )
     eval_sampling = dict(temperature=config.eval.temperature, top_p=1.0, max_tokens=rollout.max_response_length)
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb_project=config.logging.wandb_project,
@@ -145,6 +144,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
     timers, stop = PhaseTimers(), GracefulStop()
     bar = progress(grpo.steps, initial=start_step, desc="rlvr", enabled=config.logging.progress)
     evals: dict[int, dict] = {}
+    eval_seconds = 0.0  # evaluation time of this process, kept off the training clock
 
     def evaluate(at: int) -> None:
         nonlocal eval_seconds
@@ -154,8 +154,11 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         logger.log(at, {**evals[at], "time/eval": time.perf_counter() - begin})
         print(f"[rlvr] step {at}: held-out pass@1 {evals[at]['eval/pass@1']:.3f}")
 
+    def train_seconds() -> float:  # the training clock: this run's loop time without evaluations, plus earlier runs'
+        return train_before + time.time() - loop_started - eval_seconds
+
     def trainer_state() -> dict:
-        return {"data_position": queue.position(), "data_fingerprint": fingerprint, "eval_s": eval_seconds,
+        return {"data_position": queue.position(), "data_fingerprint": fingerprint, "train_s": train_seconds(),
                 "elapsed_s": elapsed_before + time.time() - started}
 
     step, last = start_step, {}
@@ -163,6 +166,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         if heldout and resume_from is None:
             evaluate(0)
         pending_sync: list = []
+        loop_started, eval_seconds = time.time(), 0.0
         for step in range(start_step, grpo.steps):
             step_start = time.perf_counter()
             rollouts = queue.collect(step, timers)  # phases generate and score
@@ -178,29 +182,15 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 if plan is not None:
                     fill_logprobs(plan, learners, reference, old=grpo.minibatches > 1, temperature=rollout.temperature)
             with timers("update"):
-                results = [] if plan is None else [
-                    result for m, batches in enumerate(plan.batches) for result in learners.call_per_rank(
-                        "train_step", [(b,) for b in batches], loss_fn=policy_loss_fn, normalizer=plan.normalizers[m],
-                        world_size=world, loss="grpo_clip", aggregation=grpo.loss_aggregation, eps_low=grpo.eps_low,
-                        eps_high=grpo.eps_high, tis_cap=grpo.truncated_is_cap, kl_coef=grpo.kl_coef,
-                        temperature=rollout.temperature)]
+                results = update_policy(learners, plan, config) if plan is not None else []
             with timers("sync"):
                 sync_seconds = ray.get(pending_sync)  # the previous step's loads (async: already done)
                 pending_sync = sync_weights(learners, engines, step + 1) if results else engines.relabel(step + 1)
                 if grpo.max_async_steps == 0:
                     sync_seconds, pending_sync = ray.get(pending_sync), []
-            times = timers.pop()
-            last = {
-                **M.rollout_metrics(rollouts.groups, kept.tolist(), step, rollouts.drawn, rollouts.refills,
-                                    sum(rollouts.unscored.values())),
-                **M.update_metrics(results), **times,
-                **M.speed_metrics(times, step_seconds=time.perf_counter() - step_start,
-                                  engine_seconds=rollouts.engine_seconds, num_engines=len(engines),
-                                  generated_tokens=rollouts.generated_tokens,
-                                  trained_tokens=plan.real_tokens if plan else 0, sync_seconds=sync_seconds),
-                "engine_restarts": engines.restarts, "epoch": queue.stream.epoch,
-                "train_wall_s": elapsed_before + time.time() - started - eval_seconds - startup_s,
-            }
+            last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
+                                     step_seconds=time.perf_counter() - step_start, num_engines=len(engines)),
+                    "engine_restarts": engines.restarts, "epoch": queue.stream.epoch, "train_wall_s": train_seconds()}
             if (step + 1) % config.logging.every == 0 or step + 1 == grpo.steps:
                 logger.log(step + 1, last)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", kept=f"{1 - last['groups/filtered_frac']:.2f}")
@@ -250,11 +240,32 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
     return run_dir
 
 
-def equal_groups(groups, config: RLVRConfig):
-    """(P,) bool: groups whose rewards are all equal (the advantages phase computes the same)."""
+def informative_groups(config: RLVRConfig):
+    """groups -> [bool]: which groups carry a gradient (not all rewards equal, as the advantages phase sees
+    them); every group when `grpo.filter_equal_groups` is off. Active sampling counts these."""
     grpo = config.grpo
-    return score_groups(groups, advantage=grpo.advantage, overlong=grpo.overlong, overlong_buffer=grpo.overlong_buffer,
-                        max_response_length=config.rollout.max_response_length).equal
+
+    def informative(groups) -> list[bool]:
+        if not grpo.filter_equal_groups:
+            return [True] * len(groups)
+        equal = score_groups(groups, advantage=grpo.advantage, overlong=grpo.overlong, overlong_buffer=grpo.overlong_buffer,
+                             max_response_length=config.rollout.max_response_length).equal
+        return (~equal).tolist()
+
+    return informative
+
+
+def update_policy(learners: LearnerGroup, plan, config: RLVRConfig) -> list[dict]:
+    """The update phase: one optimizer step per minibatch, every rank its micro-batches; stats per rank and step."""
+    grpo = config.grpo
+    results = []
+    for batches, normalizer in zip(plan.batches, plan.normalizers):
+        results += learners.call_per_rank(
+            "train_step", [(rank_batches,) for rank_batches in batches], loss_fn=policy_loss_fn, normalizer=normalizer,
+            world_size=learners.num_workers, loss="grpo_clip", aggregation=grpo.loss_aggregation, eps_low=grpo.eps_low,
+            eps_high=grpo.eps_high, tis_cap=grpo.truncated_is_cap, kl_coef=grpo.kl_coef,
+            temperature=config.rollout.temperature)
+    return results
 
 
 def select_groups(equal, prompts_per_step: int, filter_equal: bool):

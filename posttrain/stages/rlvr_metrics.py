@@ -119,6 +119,19 @@ def speed_metrics(times: dict[str, float], *, step_seconds: float, engine_second
     }
 
 
+def step_metrics(step: int, rollouts, kept: Sequence[bool], results: Sequence[dict], times: dict[str, float], plan,
+                 sync_seconds: Sequence[float], *, step_seconds: float, num_engines: int) -> dict[str, float]:
+    """Everything a step logs: rollouts (`StepRollouts`), learner stats, phase times, speed."""
+    return {
+        **rollout_metrics(rollouts.groups, kept, step, rollouts.drawn, rollouts.refills, sum(rollouts.unscored.values())),
+        **update_metrics(results),
+        **times,
+        **speed_metrics(times, step_seconds=step_seconds, engine_seconds=rollouts.engine_seconds,
+                        num_engines=num_engines, generated_tokens=rollouts.generated_tokens,
+                        trained_tokens=plan.real_tokens if plan is not None else 0, sync_seconds=sync_seconds),
+    }
+
+
 PLOT_GROUPS = {
     "reward": ("reward/mean", "pass_rate"),
     "eval": ("eval/pass@1",),
