@@ -17,6 +17,8 @@ from pathlib import Path
 from posttrain.checkpoints import MANIFEST, read_json
 
 MAX_DEPTH = 32  # a cycle of manifests would be a bug; never loop on it
+# Prefixes of the headline held-out numbers stages record in their manifests' metrics (not every diagnostic).
+HEADLINE_METRICS = ("heldout_loss", "heldout_pref_acc", "heldout_reward_acc", "eval/pass@1", "before/eval/pass@1")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from posttrain.checkpoints import MODEL_CARD, read_json
 from posttrain.evaluation import EVAL_FILE, METRIC_LABELS
-from posttrain.lineage import Ancestry, Step, ancestry, summarize
+from posttrain.lineage import HEADLINE_METRICS, Ancestry, Step, ancestry, summarize
 
 # Recipe keys worth a line on the card, when the stage's recipe has them.
 KEY_SETTINGS = (
@@ -148,7 +148,7 @@ def metrics_table(steps: tuple[Step, ...]) -> list[str]:
 
 
 def _card_metric(key: str) -> bool:
-    return key.startswith(("heldout", "eval/pass@1", "before/eval/pass@1")) or key in ("loss", "steps")
+    return key.startswith(HEADLINE_METRICS) or key in ("loss", "steps")
 
 
 def lineage_table(lineage: Ancestry) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, read_json
 from posttrain.evaluation import EVAL_FILE, METRIC_LABELS
+from posttrain.lineage import HEADLINE_METRICS
 from posttrain.metrics import read_metrics
 from posttrain.stages.pipeline import CHAIN, PIPELINE_FILE
 
@@ -201,7 +202,7 @@ def own_metrics_table(chain: ChainRun) -> list[Block]:
 
 
 def _own_metric(key: str) -> bool:
-    return key.startswith(("heldout", "eval/pass@1", "before/eval/pass@1")) or key == "loss"
+    return key.startswith(HEADLINE_METRICS) or key == "loss"
 
 
 def curve_blocks(chain: ChainRun, assets: Path) -> list[Block]:

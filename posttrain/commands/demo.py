@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", default="runs/tiny", metavar="DIR", help="tiny default directory, built when missing (default: runs/tiny)")
     parser.add_argument("--run-dir", default="runs/demo", metavar="DIR", help="write RUN_DIR/think and RUN_DIR/instruct (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny default when it is built")
-    parser.add_argument("--eval-size", type=int, default=100, metavar="N",
+    parser.add_argument("--eval-size", type=int, default=64, metavar="N",
                         help="held-out RLVR prompts and DPO pairs scored on every checkpoint (0: no evaluation; "
                              "default %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
