@@ -141,12 +141,8 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: DataConfig, log) -> dict:
     # heavy imports here, so that `is_built` and the CLI's --help stay light
-    import torch
-    from transformers import Olmo3ForCausalLM
-
     from posttrain.tiny import datasets as D
-    from posttrain.tiny.model import generation_config, tiny_config
-    from posttrain.tiny.pretrain import PretrainConfig, pack, pretrain
+    from posttrain.tiny.model import generation_config
     from posttrain.tiny.tokenizer import train_tokenizer
 
     timings: dict[str, float] = {}
@@ -167,16 +163,7 @@ def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: Dat
 
     log("[3/4] model and pretraining")
     t = time.perf_counter()
-    torch.manual_seed(seed)
-    config = tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    model = Olmo3ForCausalLM(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"  Olmo3ForCausalLM: {n_params:,} parameters, vocab {config.vocab_size}, "
-        f"hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads")
-    pt_cfg = PretrainConfig() if pretrain_steps is None else PretrainConfig(steps=pretrain_steps)
-    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    blocks = pack(tokenizer(documents, add_special_tokens=False)["input_ids"], separator, pt_cfg.block)
-    pt_stats = pretrain(model, blocks, pt_cfg, seed, log)
+    model, pt_cfg, pt_stats = _pretrained_model(tokenizer, documents, seed, pretrain_steps, log)
     timings["pretrain_s"] = time.perf_counter() - t
 
     log("[4/4] saving")
@@ -192,15 +179,7 @@ def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: Dat
     info = {
         "format": FORMAT,
         "seed": seed,
-        "model": {
-            "parameters": n_params,
-            "vocab_size": config.vocab_size,
-            "tokenizer_size": len(tokenizer),
-            "hidden_size": config.hidden_size,
-            "layers": config.num_hidden_layers,
-            "heads": config.num_attention_heads,
-            "head_dim": config.hidden_size // config.num_attention_heads,
-        },
+        "model": _model_info(model, tokenizer),
         "hashes": {
             "weights_sha256": weights_hash(model),
             "tokenizer_sha256": _file_hash(base / "tokenizer.json"),
@@ -210,10 +189,42 @@ def _build_into(root: Path, seed: int, pretrain_steps: int | None, data_cfg: Dat
         "data_config": data_cfg.to_dict(),
         "pretrain": {**pt_stats, "config": pt_cfg.to_dict()},
         "timings": {k: round(v, 2) for k, v in timings.items()},
-        "threads": torch.get_num_threads(),
     }
     (root / BUILD_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _pretrained_model(tokenizer, documents: list[str], seed: int, steps: int | None, log):
+    """A fresh tiny Olmo 3 (initialised from `seed`), pretrained on `documents`."""
+    import torch
+    from transformers import Olmo3ForCausalLM
+
+    from posttrain.tiny.model import tiny_config
+    from posttrain.tiny.pretrain import PretrainConfig, pack, pretrain
+
+    torch.manual_seed(seed)
+    model = Olmo3ForCausalLM(tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id))
+    summary = _model_info(model, tokenizer)
+    log(f"  Olmo3ForCausalLM: {summary['parameters']:,} parameters, vocab {summary['vocab_size']}, "
+        f"hidden {summary['hidden_size']}, {summary['layers']} layers, {summary['heads']} heads")
+    cfg = PretrainConfig() if steps is None else PretrainConfig(steps=steps)
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    blocks = pack(tokenizer(documents, add_special_tokens=False)["input_ids"], separator, cfg.block)
+    return model, cfg, pretrain(model, blocks, cfg, seed, log)
+
+
+def _model_info(model, tokenizer) -> dict:
+    config = model.config
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": config.vocab_size,
+        "tokenizer_size": len(tokenizer),
+        "hidden_size": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "heads": config.num_attention_heads,
+        "head_dim": config.hidden_size // config.num_attention_heads,
+        "layer_types": list(config.layer_types),
+    }
 
 
 def _write_datasets(root: Path, datasets: dict, log) -> dict:

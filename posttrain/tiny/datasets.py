@@ -232,5 +232,6 @@ def pretraining_documents(pools: Pools, cfg: DataConfig, rng: random.Random) -> 
     """Plain text of the toy domain: solved questions, arithmetic facts, prose about the topics."""
     sampler = _Sampler(pools.train, cfg, rng)
     makers = (lambda: _qa_document(sampler), lambda: _facts_document(rng), lambda: _prose_document(rng))
-    weights = (0.5, 0.2, 0.3)
+    # mostly solved questions: answering from the prompt is the skill later stages build on
+    weights = (0.7, 0.15, 0.15)
     return [rng.choices(makers, weights=weights)[0]() for _ in range(cfg.pretrain_documents)]

@@ -122,8 +122,12 @@ _OPERATIONS: dict[str, tuple[tuple[str, ...], Callable, str, str, float]] = {
 }
 
 
-def _math_completion(story: str, equation: str, value: int, boxed: bool = True) -> Completion:
-    shown = f"\\boxed{{{value}}}" if boxed else str(value)
+def _math_completion(
+    story: str, equation: str, value: int, boxed: bool = True, stated: int | None = None
+) -> Completion:
+    """Working that reaches `value`, then the final answer: `stated` if given (a slip), else `value`."""
+    final = value if stated is None else stated
+    shown = f"\\boxed{{{final}}}" if boxed else str(final)
     return Completion(
         reasoning=f"{story} {equation} = {value}.",
         answer=f"The answer is {shown}.",
@@ -141,6 +145,12 @@ def math_task(rng: random.Random) -> Task:
     prompt = rng.choice(templates).format(name=name, pron=pron, other=other, obj=rng.choice(OBJECTS), a=a, b=b)
     equation, story = f"{a} {symbol} {b}", note.format(a=a, b=b)
     wrong_value = value + rng.choice([d for d in (-2, -1, 1, 2) if value + d >= 0])
+    # A wrong answer is a miscalculation in the working or, for every other problem, a slip from right working
+    # to a wrong final answer (chosen by parity, so no random draw shifts the other data). DPO can teach a tiny
+    # model to answer what it worked out; arithmetic facts it cannot learn from a few hundred pairs.
+    slip = (a + b) % 2 == 0
+    wrong = (_math_completion(story, equation, value, stated=wrong_value) if slip
+             else _math_completion(story, equation, wrong_value))
     return Task(
         domain="math",
         prompt=prompt,
@@ -148,7 +158,7 @@ def math_task(rng: random.Random) -> Task:
         ground_truth=str(value),
         good=_math_completion(story, equation, value),
         partial=(((False,), _math_completion(story, equation, value, boxed=False)),),
-        wrong=_math_completion(story, equation, wrong_value),
+        wrong=wrong,
     )
 
 
