@@ -93,10 +93,56 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
     if resume_from is None:
         clear_resumable(run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    # ---- data: rows -> examples -> packed rows -> a plan of steps
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, heldout, plan, report = prepare_data(config, tokenizer)
+
+    # ---- learners: Ray actors forming one process group
+    owns_ray = not ray.is_initialized()
+    init_ray(config.distributed.ray_address)
+    spec = LearnerSpec.from_config(config, accumulation=plan.accumulation, total_steps=plan.total_steps)
+    group = LearnerGroup(spec, config.distributed.num_workers, cpus_per_worker=config.distributed.cpus_per_worker,
+                         use_gpu=config.distributed.use_gpu, name="sft learner")
+    try:
+        start_step, elapsed_before = 0, 0.0
+        if resume_from is not None:
+            state = read_json(resume_from / TRAINER_STATE)
+            check_resumable(state, plan, report)
+            group.call("load_state", str(resume_from))
+            start_step, elapsed_before = state["step"], state["elapsed_s"]
+            print(f"[sft] resumed from {resume_from} at step {start_step}")
+
+        def trainer_state(at: int) -> dict:
+            """What a resumable checkpoint records besides the learners' own state."""
+            return {"data_position": {"step": at, "epoch": at // plan.steps_per_epoch,
+                                      "row_in_epoch": (at % plan.steps_per_epoch) * plan.rows_per_step},
+                    "plan": plan_summary(plan), "data_fingerprint": report.fingerprint,
+                    "elapsed_s": elapsed_before + time.time() - started}
+
+        final = train(config, group, plan, rows, pad_id, run_dir, start_step, trainer_state)
+
+        # ---- held-out loss, export (weights, tokenizer, manifest), plots
+        final["steps"] = plan.total_steps
+        if heldout:
+            final["heldout_loss"] = heldout_loss(group, heldout, config, pad_id)
+        wall = elapsed_before + time.time() - started
+        manifest = build_manifest(stage="sft", config=to_dict(config), config_hash=config_hash(config),
+                                  parent=config.model.path, data=report.as_dict(), metrics=final, wall_time_s=wall,
+                                  extra={"plan": plan_summary(plan), "model": group.info})
+        export(group, tokenizer, run_dir, manifest)
+        plot_curves(run_dir)
+    finally:
+        group.shutdown()
+        if owns_ray:
+            ray.shutdown()
+    heldout_text = f", held-out loss {final['heldout_loss']:.4f}" if "heldout_loss" in final else ""
+    print(f"[sft] done in {wall:.1f}s: loss {final.get('loss', float('nan')):.4f}{heldout_text}; "
+          f"checkpoint {run_dir / EXPORT_DIR}")
+    return run_dir
+
+
+def prepare_data(config: SFTConfig, tokenizer) -> tuple[list, list, D.StepPlan, D.DataReport]:
+    """Rows -> examples -> packed rows -> a plan of steps (see posttrain/stages/sft_data.py)."""
     examples, report = D.load_split(config, tokenizer, "train")
     rows = D.to_rows(examples, config.data.max_length, config.sft.packing)
     report.rows_packed = len(rows)
@@ -104,41 +150,29 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
     plan = D.StepPlan(num_rows=len(rows), rows_per_step=D.rows_per_step(config),
                       micro_batch_size=config.batch.micro_batch_size, world_size=world,
                       epochs=config.optim.epochs, seed=config.data.seed, max_steps=config.optim.max_steps)
-    heldout = D.to_rows(D.load_split(config, tokenizer, "heldout")[0], config.data.max_length,
-                        config.sft.packing) if config.data.heldout else []
+    heldout = []
+    if config.data.heldout:
+        heldout = D.to_rows(D.load_split(config, tokenizer, "heldout")[0], config.data.max_length, config.sft.packing)
     print(f"[sft] {report.examples} examples ({report.target_tokens} target tokens) in {len(rows)} rows; "
           f"{plan.total_steps} steps of {plan.rows_per_step} rows, accumulation {plan.accumulation} x {world} ranks; "
           f"dropped: {report.overlong_dropped} overlong, {report.no_target_dropped} without target, "
           f"{report.skipped_bad_rows} bad rows")
+    return rows, heldout, plan, report
 
-    # ---- learners: Ray actors forming one process group
-    owns_ray = not ray.is_initialized()
-    init_ray(config.distributed.ray_address)
-    spec = LearnerSpec.from_config(config, accumulation=plan.accumulation, total_steps=plan.total_steps)
-    group = LearnerGroup(spec, world, cpus_per_worker=config.distributed.cpus_per_worker,
-                         use_gpu=config.distributed.use_gpu, name="sft learner")
-    start_step, elapsed_before = 0, 0.0
-    if resume_from is not None:
-        state = read_json(resume_from / TRAINER_STATE)
-        check_resumable(state, plan, report)
-        group.call("load_state", str(resume_from))
-        start_step, elapsed_before = state["step"], state["elapsed_s"]
-        print(f"[sft] resumed from {resume_from} at step {start_step}")
 
+def train(config: SFTConfig, group: LearnerGroup, plan: D.StepPlan, rows: list, pad_id: int, run_dir: Path,
+          start_step: int, trainer_state) -> dict:
+    """The loop: one optimizer step per iteration, metrics every `logging.every`, checkpoints every `save_every`.
+
+    Returns the metrics of the last logged window.
+    """
+    resumed = start_step > 0
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb_project=config.logging.wandb_project,
-                           wandb_config=to_dict(config), resume_step=start_step if resume_from else None)
-    timers = PhaseTimers()
-    window = Window()
+                           wandb_config=to_dict(config), resume_step=start_step if resumed else None)
+    timers, window = PhaseTimers(), Window()
     bar = progress(plan.total_steps, initial=start_step, desc="sft", enabled=config.logging.progress)
-
-    def trainer_state(at: int) -> dict:
-        return {"data_position": {"step": at, "epoch": at // plan.steps_per_epoch,
-                                  "row_in_epoch": (at % plan.steps_per_epoch) * plan.rows_per_step},
-                "plan": plan_summary(plan), "data_fingerprint": report.fingerprint,
-                "elapsed_s": elapsed_before + time.time() - started}
-
+    world, every = config.distributed.num_workers, config.output.save_every
     try:
-        # ---- the loop: one optimizer step per iteration
         for step in range(start_step, plan.total_steps):
             with timers("data"):
                 batches = D.step_batches(plan, rows, step, pad_id)  # [rank][micro-batch]
@@ -152,33 +186,13 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
                 logger.log(step + 1, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
             bar.update(1)
-            every = config.output.save_every
             if every and (step + 1) % every == 0 and step + 1 < plan.total_steps:
-                save_resumable(group, run_dir, step + 1, trainer_state(step + 1), config.output.keep_last)
-    except BaseException:
-        group.shutdown()
-        raise
+                with timers("checkpoint"):
+                    save_resumable(group, run_dir, step + 1, trainer_state(step + 1), config.output.keep_last)
     finally:
         bar.close()
         logger.close()
-
-    # ---- held-out loss, export, manifest, plots
-    final = dict(window.last) if window.last else {}
-    final["steps"] = plan.total_steps
-    if heldout:
-        final["heldout_loss"] = heldout_loss(group, heldout, config, pad_id)
-    wall = elapsed_before + time.time() - started
-    manifest = build_manifest(stage="sft", config=to_dict(config), config_hash=config_hash(config),
-                              parent=config.model.path, data=report.as_dict(), metrics=final, wall_time_s=wall,
-                              extra={"plan": plan_summary(plan), "model": group.info})
-    export(group, tokenizer, run_dir, manifest)
-    plot_curves(run_dir)
-    group.shutdown()
-    if owns_ray:
-        ray.shutdown()
-    print(f"[sft] done in {wall:.1f}s: loss {final.get('loss', float('nan')):.4f}, "
-          f"held-out loss {final.get('heldout_loss', float('nan')):.4f}; checkpoint {run_dir / EXPORT_DIR}")
-    return run_dir
+    return dict(window.last)
 
 
 class Window:
