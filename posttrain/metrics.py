@@ -87,7 +87,11 @@ class MetricsLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
         self._wandb = None
         if wandb_project:
-            import wandb  # optional: only needed when a project is configured
+            try:
+                import wandb  # optional: only needed when a project is configured
+            except ImportError:
+                raise RuntimeError(f"logging.wandb_project is {wandb_project!r} but the wandb package is not "
+                                   "installed: pip install wandb, or unset logging.wandb_project") from None
 
             self._wandb = wandb.init(project=wandb_project, name=run_name or self.run_dir.name,
                                      config=wandb_config or {}, dir=str(self.run_dir), resume="allow")

@@ -264,19 +264,7 @@ def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: O
 def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
     grpo, rollout = config.grpo, config.rollout
     samples = grpo.prompts_per_step * grpo.samples_per_prompt
-    if samples % grpo.minibatches:
-        plan.problems.append(
-            f"grpo.prompts_per_step x samples_per_prompt ({grpo.prompts_per_step} x {grpo.samples_per_prompt} = {samples})"
-            f" is not divisible by grpo.minibatches ({grpo.minibatches})"
-        )
-        return
-    per_update = samples // grpo.minibatches
-    if config.batch.sequences != per_update:
-        plan.problems.append(
-            f"batch.sequences ({config.batch.sequences}) must be the samples of one optimizer update:"
-            f" prompts_per_step x samples_per_prompt / minibatches = {per_update}"
-        )
-        return
+    per_update = samples // grpo.minibatches  # (the recipe's validation already checked that they divide)
     updates = f"{grpo.minibatches} update(s) of {per_update}"
     plan.add("samples per step", f"{grpo.prompts_per_step} prompts x {grpo.samples_per_prompt} samples = {samples}, {updates}")
     _micro_batches(plan, config, res, "samples per update")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+
+import pytest
 
 from posttrain import metrics as M
 
@@ -71,3 +74,9 @@ def test_progress_bar_counts_from_the_resumed_step():
     bar.update(2)
     assert bar.n == 6 and bar.total == 10
     bar.close()
+
+
+def test_a_wandb_project_without_wandb_installed_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` sees where it is not installed
+    with pytest.raises(RuntimeError, match="pip install wandb"):
+        M.MetricsLogger(tmp_path, tensorboard=False, wandb_project="demo")

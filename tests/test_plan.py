@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from posttrain.cli import main
-from posttrain.config import load_recipe
+from posttrain.config import RecipeError, load_recipe
 from posttrain.plan import Assumptions, PlanError, count_parameters, make_plan, render
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,16 +155,13 @@ def test_refuses_context_parallel_that_does_not_divide_the_ranks():
     assert "distributed.num_workers (64) is not divisible by distributed.context_parallel_size (3)" in problems
 
 
-def test_refuses_rl_samples_not_divisible_by_minibatches():
-    assert refusal("7b/think/rlvr", "grpo.minibatches=3") == [
-        "grpo.prompts_per_step x samples_per_prompt (64 x 8 = 512) is not divisible by grpo.minibatches (3)"
-    ]
-
-
-def test_refuses_rl_batch_that_is_not_one_minibatch():
-    assert refusal("7b/think/rlvr", "batch.sequences=256") == [
-        "batch.sequences (256) must be the samples of one optimizer update: prompts_per_step x samples_per_prompt / minibatches = 512"
-    ]
+@pytest.mark.parametrize("override, message", [
+    ("grpo.minibatches=3", "grpo.prompts_per_step x samples_per_prompt (512) is not divisible by grpo.minibatches (3)"),
+    ("batch.sequences=256", "batch.sequences (256) must be grpo.prompts_per_step x samples_per_prompt / grpo.minibatches = 512"),
+])
+def test_rl_batches_that_do_not_divide_are_refused_by_the_recipe_before_planning(override, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        plan_of("7b/think/rlvr", override)
 
 
 def test_refuses_rl_minibatch_not_divisible_by_learners():
@@ -250,11 +248,11 @@ def test_cli_prints_the_plan(capsys):
 
 
 def test_cli_refuses_with_exit_2_naming_the_problem(capsys):
-    assert main(["plan", str(OLMO3 / "7b/think/rlvr.yaml"), "grpo.minibatches=3"]) == 2
+    assert main(["plan", str(OLMO3 / "7b/think/sft.yaml"), "distributed.context_parallel_size=3"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "7b/think/rlvr.yaml: the resources do not add up:" in captured.err
-    assert "is not divisible by grpo.minibatches (3)" in captured.err
+    assert "7b/think/sft.yaml: the resources do not add up:" in captured.err
+    assert "is not divisible by distributed.context_parallel_size (3)" in captured.err
 
 
 def test_cli_assumption_options_change_the_estimate(capsys):

@@ -67,7 +67,7 @@ def test_every_checkpoint_was_evaluated_on_the_same_suite(tiny_chains):
     for variant in VARIANTS:
         evals = read_json(tiny_chains / variant / EVAL_FILE)
         results = evals["results"]
-        assert list(results) == ["input", *CHAIN]
+        assert set(results) == {"input", *CHAIN}  # (stored with sorted keys; readers order by the chain)
         assert len({r["suite"] for r in results.values()}) == 1
         for result in results.values():
             metrics = result["metrics"]

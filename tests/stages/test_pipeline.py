@@ -252,7 +252,7 @@ def test_from_reports_a_stale_earlier_stage_without_rerunning_it(tiny, tmp_path,
     run_dir = tmp_path / "run"
     run_chain(tiny, run_dir, drivers)
     calls.clear()
-    run_chain(tiny, run_dir, drivers, start="rlvr", overrides=("sft:optim.lr=1e-3",))
+    run_chain(tiny, run_dir, drivers, start="rlvr", overrides=("sft:optim.lr=3e-4",))
     assert calls == ["rlvr"]
     assert actions(run_dir)[:2] == [("sft", "kept", "before --from (stale: recipe changed)"),
                                     ("dpo", "kept", "before --from")]
@@ -291,7 +291,7 @@ def test_the_instruct_sft_starts_from_the_think_sft_checkpoint(tiny, tmp_path, d
 def test_think_sft_checkpoint_refuses_a_missing_or_wrong_run(tiny, tmp_path, drivers):
     with pytest.raises(P.PipelineError, match="no complete Think SFT checkpoint; run the think chain first"):
         P.think_sft_checkpoint(tmp_path / "nothing")
-    run_chain(tiny, tmp_path / "instruct", drivers, variant="instruct")
+    run_chain(tiny, tmp_path / "instruct", drivers, variant="instruct", base=tiny / "base")
     with pytest.raises(P.PipelineError, match="variant 'instruct'; the Instruct SFT starts from a think SFT"):
         P.think_sft_checkpoint(tmp_path / "instruct")
 
