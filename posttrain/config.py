@@ -184,6 +184,7 @@ class DPOSection(Section):
     beta: float = Field(5.0, gt=0, description="inverse temperature of the implicit reward")
     gamma: float = Field(0.0, ge=0, description="SimPO target margin")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO label noise")
+    nll_weight: float = Field(0.0, ge=0, description="weight of the chosen side's per-token NLL added to the loss (RPO; 0: off, as Olmo 3)")
     reference_cache: Optional[str] = Field(None, description="directory of cached reference log-probs; default: under the run directory")
     max_length_diff: Optional[int] = Field(None, ge=0, description="drop pairs whose chosen/rejected token lengths differ by more")
     on_bad_pair: Literal["error", "skip"] = Field("error", description="identical sides, missing side, differing prompts")

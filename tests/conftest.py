@@ -44,11 +44,11 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-# The tiny chains as the e2e tests run them: the demo's recipes, DPO and RLVR shortened so that both chains
-# fit a few minutes (each stage's own e2e test is where its learning is pinned). The SFT stages are the
-# session's SFT runs (`tiny_sft_dirs`), copied into the chains: the pipeline's skip rule recognises them.
+# The tiny chains as the e2e tests run them: the demo's recipes, DPO as shipped (its learning is asserted on
+# the chains), RLVR shortened so that both chains fit a few minutes (RL learning is pinned by
+# tests/e2e/test_rlvr_e2e.py). The SFT stages are the session's SFT runs (`tiny_sft_dirs`), copied into
+# the chains: the pipeline's skip rule recognises them.
 E2E_CHAIN_OVERRIDES = (
-    "dpo:optim.max_steps=10",
     "rlvr:grpo.steps=4",
     "rlvr:eval.every=0",
     "rlvr:eval.max_prompts=32",

@@ -199,6 +199,17 @@ def dpo_norm_loss(
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
+def chosen_nll(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    """Per-pair negative log-likelihood of the chosen response, per token: -pi_c / |y_c|.
+
+    Added to a preference loss with a weight (`dpo.nll_weight`; RPO, Pang et
+    al. 2024, arXiv 2404.19733; TRL `rpo_alpha`), it keeps the chosen answers
+    likely while the margin grows: without it a small model can raise the
+    margin by lowering both sides and drift off its own format.
+    """
+    return -_per_token(policy_chosen_logps, chosen_lengths)
+
+
 @PREFERENCE_LOSSES.register("ipo")
 def ipo_loss(
     policy_chosen_logps: Tensor,

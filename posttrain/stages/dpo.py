@@ -133,7 +133,7 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
     timers, window = PhaseTimers(), Window()
     bar = progress(plan.total_steps, initial=start_step, desc="dpo", enabled=config.logging.progress)
     loss_kwargs = dict(loss=config.dpo.loss, beta=config.dpo.beta, gamma=config.dpo.gamma,
-                       label_smoothing=config.dpo.label_smoothing, pad_id=pad_id)
+                       label_smoothing=config.dpo.label_smoothing, nll_weight=config.dpo.nll_weight, pad_id=pad_id)
     ref_pair = ref.pair() if ref is not None else None
     step = start_step
 

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from posttrain.algorithms.losses import PREFERENCE_LOSSES, sequence_logprobs
+from posttrain.algorithms.losses import PREFERENCE_LOSSES, chosen_nll, sequence_logprobs
 from posttrain.data.batches import PreferenceBatch
 from posttrain.data.preference import concatenated
 
@@ -97,22 +97,28 @@ def dpo_loss_fn(
     pad_id: int,
     pairs_in_step: int,
     world_size: int = 1,
+    nll_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """(sum of the micro-batch's pair losses x world_size / pairs in the whole step, summed stats).
 
     The backends average gradients over ranks (divide by world_size), so
     multiplying back by it and dividing by the step's pair count (all
     micro-batches, all ranks) makes the step's gradient that of the mean loss
-    over its pairs, however they are split.
+    over its pairs, however they are split. `nll_weight` > 0 adds that times
+    the chosen side's per-token NLL to each pair's loss (`chosen_nll`).
     """
     chosen, rejected = policy_logps(model, batch, pad_id)
     losses, reward_c, reward_r = PREFERENCE_LOSSES.get(loss)(
         chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps,
         batch.chosen_lengths, batch.rejected_lengths, beta=beta, gamma=gamma, label_smoothing=label_smoothing,
     )
+    nll = chosen_nll(chosen, batch.chosen_lengths)
+    if nll_weight:
+        losses = losses + nll_weight * nll
     losses = torch.where(_valid(batch), losses, torch.zeros_like(losses))
     stats = preference_stats(chosen, rejected, batch, (reward_c, reward_r))
     stats["loss"] = float(losses.detach().sum())
+    stats["chosen_nll"] = float(torch.where(_valid(batch), nll, torch.zeros_like(nll)).detach().sum())
     return losses.sum() * (world_size / max(pairs_in_step, 1)), stats
 
 

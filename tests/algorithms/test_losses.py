@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from posttrain.algorithms.losses import (
     POLICY_LOSSES,
     PREFERENCE_LOSSES,
+    chosen_nll,
     grpo_clip_loss,
     kl_k3,
     sequence_logprobs,
@@ -139,6 +140,12 @@ def test_dpo_norm_hand_worked():
     assert (chosen.item(), rejected.item()) == pytest.approx((0.5, -0.5), abs=1e-5)
     plain, _, _ = PREFERENCE_LOSSES.get("dpo")(*args, beta=5.0)
     assert plain.item() == pytest.approx(0.0485874, abs=1e-5)
+
+
+def test_chosen_nll_is_the_per_token_negative_log_likelihood():
+    """Chosen sums -7.6 over 4 tokens and -3.0 over 0 tokens (a filler, counted as 1): 1.9 and 3.0."""
+    nll = chosen_nll(torch.tensor([-7.6, -3.0]), torch.tensor([4, 0]))
+    assert nll.tolist() == pytest.approx([1.9, 3.0])
 
 
 def test_ipo_hand_worked():

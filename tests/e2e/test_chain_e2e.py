@@ -4,8 +4,8 @@ Checks what only a real run shows: each stage's manifest chains to the one
 before (Instruct SFT from the Think SFT), every checkpoint is complete and
 evaluated, a second run skips every stage, the final checkpoints load in
 `transformers` and vLLM as exported, their model cards name the lineage, and
-the report renders in a browser. Whether each stage learns is tested by the
-stages' own end-to-end tests.
+the report renders in a browser, and the DPO and RLVR stages, run by their
+tiny recipes as shipped, learn what their recipes promise.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, MODEL_CARD, directory_hash, is_complete_export, read_json
 from posttrain.evaluation import EVAL_FILE
+from posttrain.metrics import read_metrics
 from posttrain.report import REPORT_HTML, REPORT_MD
 from posttrain.stages.pipeline import CHAIN, PIPELINE_FILE
 
@@ -75,6 +76,24 @@ def test_every_checkpoint_was_evaluated_on_the_same_suite(tiny_chains):
             assert all(0.0 <= metrics[k] <= 1.0 for k in ("pass@1", "format", "pref_acc"))
         # SFT teaches the chat format: the variant's shape is far more common after it than before
         assert results["sft"]["metrics"]["format"] > results["input"]["metrics"]["format"] + 0.2
+
+
+def test_tiny_dpo_raises_heldout_preference_accuracy_to_90_percent(tiny_chains):
+    """The tiny DPO recipes as shipped, on each chain's SFT checkpoint: before and after on all held-out pairs
+    (the stage's own measurement), and on the saved checkpoints through the chain's held-out suite."""
+    for variant in VARIANTS:
+        run = tiny_chains / variant / "dpo"
+        metrics = read_json(run / MANIFEST)["metrics"]
+        before, after = metrics["heldout_pref_acc_before"], metrics["heldout_pref_acc"]
+        print(f"{variant} DPO: held-out preference accuracy {before:.3f} -> {after:.3f} "
+              f"(implicit-reward accuracy {metrics['heldout_reward_acc']:.3f}) in {read_json(run / MANIFEST)['wall_time_s']:.0f} s")
+        assert before < 0.9 <= after
+        assert metrics["heldout_reward_margin"] > 0
+        suite = read_json(tiny_chains / variant / EVAL_FILE)["results"]
+        assert suite["dpo"]["metrics"]["pref_acc"] > suite["sft"]["metrics"]["pref_acc"]  # (a subset of the pairs)
+        losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+        assert losses[-1] < losses[0] < 0.7  # starts near log 2 and falls
+        assert (run / "plots" / "loss.png").is_file() and (run / "plots" / "accuracy.png").is_file()
 
 
 def test_a_second_run_skips_every_stage(tiny_chains, tiny_dir):

@@ -237,3 +237,22 @@ def test_two_ranks_under_ray_follow_the_loss_curve_of_one(micro, ray_address, un
     assert gaps[0] <= 1e-5  # the same rows, the same normalisation: the same loss
     assert max(gaps) <= 1e-3  # reduction order only: the curves stay together
     assert read_json(out / MANIFEST)["plan"]["world_size"] == 2
+
+
+def test_lora_sft_exports_merged_full_weights(micro, ray_address, tmp_path):
+    """LoRA through the stage (ZeRO-3): the exported checkpoint is a plain model whose adapted matrices moved."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.stages.sft import run
+
+    out = run(load_recipe(micro / "sft.yaml", [f"output.dir={tmp_path}", "lora.enabled=true", "lora.r=4",
+                                               "deepspeed.zero_stage=3", "optim.max_steps=6", "output.save_every=0"]))
+    base = dict(AutoModelForCausalLM.from_pretrained(micro / "model").named_parameters())
+    merged = AutoModelForCausalLM.from_pretrained(out / EXPORT_DIR)
+    names = [n for n, _ in merged.named_parameters()]
+    assert names == list(base) and not any("lora" in n for n in names)
+    moved = {n for n, p in merged.named_parameters() if not torch.equal(p, base[n])}
+    assert any(n.endswith("q_proj.weight") for n in moved)
+    assert not any("norm" in n or "embed" in n for n in moved)  # only adapted linear layers change
+    assert read_json(out / MANIFEST)["model"]["trainable_parameters"] < read_json(out / MANIFEST)["model"]["parameters"]

@@ -150,6 +150,20 @@ def test_micro_batches_and_fillers_equal_one_batch(setup):
         assert torch.allclose(a, g0 + g1, atol=1e-5)
 
 
+def test_nll_weight_adds_the_chosen_per_token_nll_to_each_pair(setup):
+    tokenizer, model, _, pairs = setup
+    pad = tokenizer.pad_token_id
+    ref = R.compute(lambda b: policy_logps(model, b, pad), pairs, batch_size=5, pad_id=pad).pair()
+    batch = collate(pairs, list(range(6)), pad, ref)
+    with torch.no_grad():
+        plain, stats = dpo_loss_fn(model, batch, pad_id=pad, pairs_in_step=6, **LOSS)
+        weighted, _ = dpo_loss_fn(model, batch, pad_id=pad, pairs_in_step=6, nll_weight=0.5, **LOSS)
+        c, _ = policy_logps(model, batch, pad)
+    nll = -(c / batch.chosen_lengths)
+    assert stats["chosen_nll"] == pytest.approx(float(nll.sum()), rel=1e-5) and float(nll.min()) > 0
+    assert float(weighted - plain) == pytest.approx(0.5 * float(nll.mean()), rel=1e-4)
+
+
 def test_eval_without_reference_reports_the_policy_preference(setup):
     tokenizer, model, _, pairs = setup
     pad = tokenizer.pad_token_id
