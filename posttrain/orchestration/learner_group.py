@@ -49,12 +49,17 @@ class LearnerWorker:
         from posttrain.learner import Learner
 
         self.learner = Learner(spec, rank=self.rank, world_size=self.world_size)
-        params = sum(p.numel() for p in self.learner.hf_model().parameters())
-        trainable = sum(p.numel() for p in self.learner.backend.unwrapped.parameters() if p.requires_grad)
+        params = sum(_numel(p) for p in self.learner.hf_model().parameters())
+        trainable = sum(_numel(p) for p in self.learner.backend.unwrapped.parameters() if p.requires_grad)
         return {"parameters": params, "trainable_parameters": trainable}
 
     def call(self, method: str, *args, **kwargs) -> Any:
         return getattr(self.learner, method)(*args, **kwargs)
+
+
+def _numel(param) -> int:
+    """Elements of a parameter, whole even when ZeRO-3 has partitioned it away (its local numel() is 0)."""
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 class LearnerGroup:
