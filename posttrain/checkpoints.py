@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 MODEL_CARD = "README.md"  # generated documentation: left out of the content hash, so it can be rewritten
@@ -335,6 +335,29 @@ def writing_resumable(run_dir: str | Path, step: int, trainer_state: dict, keep_
         write_json_atomic(tmp / TRAINER_STATE, dict(trainer_state, step=step))
     for old in resumable_dirs(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def start_run(run_dir: str | Path, resume: bool, stage: str) -> Path | None:
+    """Make the run directory and choose where a stage starts: the latest resumable checkpoint when `resume`
+    (None, with a note, when there is none); otherwise None, and old resumable checkpoints are removed."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_resumable(run_dir) if resume else None
+    if resume and resume_from is None:
+        print(f"[{stage}] --resume: no resumable checkpoint in {run_dir}; starting from step 0")
+    if resume_from is None:
+        clear_resumable(run_dir)
+    return resume_from
+
+
+def restore_learners(group, resume_from: Path, check: Callable[[dict], None], stage: str) -> dict:
+    """Read `trainer_state.json`, let `check` refuse a state this run cannot continue, load every learner rank's
+    state (`group.call("load_state", dir)`); returns the trainer state."""
+    state = read_json(resume_from / TRAINER_STATE)
+    check(state)
+    group.call("load_state", str(resume_from))
+    print(f"[{stage}] resumed from {resume_from} at step {state['step']}")
+    return state
 
 
 def clear_resumable(run_dir: str | Path) -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 import ray
 import yaml
 
-from posttrain.checkpoints import TRAINER_STATE, build_manifest, clear_resumable, latest_resumable, read_json
+from posttrain.checkpoints import build_manifest, restore_learners, start_run
 from posttrain.config import DPOConfig, config_hash, to_dict
 from posttrain.data import preference as P
 from posttrain.learner import LearnerSpec
@@ -77,12 +77,7 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
 
     started = time.time()
     run_dir = Path(config.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_resumable(run_dir) if resume else None
-    if resume and resume_from is None:
-        print(f"[dpo] --resume: no resumable checkpoint in {run_dir}; starting from step 0")
-    if resume_from is None:
-        clear_resumable(run_dir)
+    resume_from = start_run(run_dir, resume, "dpo")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     # ---- data: rows -> tokenized pairs -> a plan of steps
@@ -122,11 +117,8 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
 
     start_step, elapsed_before = 0, 0.0
     if resume_from is not None:
-        state = read_json(resume_from / TRAINER_STATE)
-        check_resumable(state, plan, fingerprint)
-        group.call("load_state", str(resume_from))
+        state = restore_learners(group, resume_from, lambda s: check_resumable(s, plan, fingerprint), "dpo")
         start_step, elapsed_before = state["step"], state["elapsed_s"]
-        print(f"[dpo] resumed from {resume_from} at step {start_step}")
 
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb_project=config.logging.wandb_project,
                            wandb_config=to_dict(config), resume_step=start_step if resume_from else None)

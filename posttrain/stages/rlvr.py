@@ -59,7 +59,7 @@ import ray
 import torch
 import yaml
 
-from posttrain.checkpoints import TRAINER_STATE, build_manifest, clear_resumable, latest_resumable, read_json
+from posttrain.checkpoints import build_manifest, restore_learners, start_run
 from posttrain.config import RLVRConfig, config_hash, to_dict
 from posttrain.data.mixing import mix_section
 from posttrain.data.schemas import rlvr_row_validator
@@ -84,12 +84,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
     started = time.time()
     grpo, rollout = config.grpo, config.rollout
     run_dir = Path(config.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_resumable(run_dir) if resume else None
-    if resume and resume_from is None:
-        print(f"[rlvr] --resume: no resumable checkpoint in {run_dir}; starting from step 0")
-    if resume_from is None:
-        clear_resumable(run_dir)
+    resume_from = start_run(run_dir, resume, "rlvr")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     # ---- data: rows -> prompts (chat template, left-truncated); verifier names checked per row
@@ -121,14 +116,14 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
     scorers.wait_ready()
     start_step, cursor, elapsed_before, train_before = 0, 0, 0.0, 0.0
     if resume_from is not None:
-        state = read_json(resume_from / TRAINER_STATE)
-        if state.get("data_fingerprint") != fingerprint:
-            raise RuntimeError(f"--resume: the training prompts differ from the checkpoint's ({resume_from})")
-        learners.call("load_state", str(resume_from))
+        def same_prompts(state: dict) -> None:
+            if state.get("data_fingerprint") != fingerprint:
+                raise RuntimeError(f"--resume: the training prompts differ from the checkpoint's ({resume_from})")
+
+        state = restore_learners(learners, resume_from, same_prompts, "rlvr")
         start_step, cursor = state["step"], state["data_position"]
         elapsed_before, train_before = state["elapsed_s"], state["train_s"]
         ray.get(sync_weights(learners, engines, start_step))
-        print(f"[rlvr] resumed from {resume_from} at step {start_step}")
     startup_s = time.time() - started
 
     queue = RolloutQueue(

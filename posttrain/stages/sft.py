@@ -56,8 +56,8 @@ import yaml
 
 from posttrain.algorithms.losses import sft_loss_sum
 from posttrain.checkpoints import (
-    EXPORT_DIR, MANIFEST, TRAINER_STATE, atomic_dir, build_manifest, clear_resumable, finalize_export,
-    latest_resumable, read_json, write_json_atomic, writing_resumable,
+    EXPORT_DIR, MANIFEST, atomic_dir, build_manifest, finalize_export, read_json, restore_learners, start_run,
+    write_json_atomic, writing_resumable,
 )
 from posttrain.config import SFTConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
@@ -86,12 +86,7 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
 
     started = time.time()
     run_dir = Path(config.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_resumable(run_dir) if resume else None
-    if resume and resume_from is None:
-        print(f"[sft] --resume: no resumable checkpoint in {run_dir}; starting from step 0")
-    if resume_from is None:
-        clear_resumable(run_dir)
+    resume_from = start_run(run_dir, resume, "sft")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -106,11 +101,8 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
     try:
         start_step, elapsed_before = 0, 0.0
         if resume_from is not None:
-            state = read_json(resume_from / TRAINER_STATE)
-            check_resumable(state, plan, report)
-            group.call("load_state", str(resume_from))
+            state = restore_learners(group, resume_from, lambda s: check_resumable(s, plan, report), "sft")
             start_step, elapsed_before = state["step"], state["elapsed_s"]
-            print(f"[sft] resumed from {resume_from} at step {start_step}")
 
         def trainer_state(at: int) -> dict:
             """What a resumable checkpoint records besides the learners' own state."""
