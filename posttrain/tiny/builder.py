@@ -31,7 +31,7 @@ from typing import Callable
 
 from posttrain.tiny.datasets import DATASETS, DataConfig
 
-FORMAT = 1  # bump when the layout or the generators change meaning; older builds then rebuild
+FORMAT = 2  # bump when the layout or the generators change meaning; older builds then rebuild
 SPLITS = ("train", "heldout")
 BUILD_FILE = "build.json"
 

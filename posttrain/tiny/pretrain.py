@@ -20,7 +20,10 @@ import torch
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 300           # optimizer steps: 307k tokens, about 90 s on 2 idle CPU cores
+    # optimizer steps: 922k tokens, about 4.5 minutes on 2 idle CPU cores. Copying a question's numbers into the
+    # working (induction) forms between 600 and 900 steps: greedy answers to held-out word problems copied both
+    # operands 1% / 16% / 91% of the time after 300 / 600 / 900 steps, and later stages build on that skill.
+    steps: int = 900
     block: int = 128           # tokens per sequence
     batch: int = 8             # sequences per step (at equal tokens, 300x8 reached loss 1.0 where 150x16 reached 1.25)
     lr: float = 2e-3           # peak learning rate (tiny models take large ones)
