@@ -6,14 +6,14 @@
     one-time start-up (Ray, engines, learner; TRL's trainer) reported apart;
 (c) vLLM against the `hf` engine, generated tokens/s (bench/rollout_engines.py, a random 25M model).
 
-Workload (a, b): the tiny DPO checkpoint deepened to >= 20M parameters with identity layers (their
+Workload (a, b): a tiny DPO checkpoint (Instruct by default: its RLVR gains fastest) deepened to >= 20M parameters with identity layers (their
 attention and MLP output projections are zero, so the deeper model computes exactly what the tiny one
 does, at the cost of a 20M model), the tiny RLVR prompts (math and IFEval constraints), 8 prompts x 8
-samples per step, responses up to 256 tokens (lengths vary with the task), temperature 1, lr 1e-5
-constant after a short warmup, no KL, clip 0.2 / 0.272, token-level loss, advantages not divided by
+samples per step, responses up to 256 tokens (lengths vary with the task), temperature 1, lr 3e-5
+(the tiny recipes') constant after a short warmup, no KL, clip 0.2 / 0.272, token-level loss, advantages not divided by
 the std. Held-out pass@1 is greedy, on the same prompts, with evaluation time kept off both clocks.
 
-    python bench/rlvr.py [--checkpoint runs/tiny/think/dpo/checkpoint] [--data runs/tiny/data/rlvr]
+    python bench/rlvr.py [--variant instruct] [--checkpoint runs/demo/instruct/dpo/checkpoint] [--data runs/tiny/data/rlvr]
                          [--parts abc] [--out runs/bench/rlvr]
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MIN_PARAMS = 20_000_000
 SAMPLES, PROMPTS, MAX_TOKENS = 8, 8, 256
-HYPER = dict(lr=1e-5, warmup_steps=3, eps_low=0.2, eps_high=0.272)
+HYPER = dict(lr=3e-5, warmup_steps=3, eps_low=0.2, eps_high=0.272)
 
 
 # --------------------------------------------------------------------------- the workload
@@ -77,8 +77,8 @@ def deepen(src: Path, out: Path, min_params: int = MIN_PARAMS) -> tuple[Path, in
     return out, sum(p.numel() for p in deep.parameters())
 
 
-def stage_command(model: Path, data: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "posttrain", "rlvr", "--recipe", str(REPO / "recipes/tiny/think/rlvr.yaml"),
+def stage_command(model: Path, data: Path, out: Path, *overrides: str, variant: str = "instruct") -> list[str]:
+    return [sys.executable, "-m", "posttrain", "rlvr", "--recipe", str(REPO / f"recipes/tiny/{variant}/rlvr.yaml"),
             "--output-dir", str(out), f"model.path={model}", f"data.train.0.path={data / 'train.jsonl'}",
             f"data.heldout.0.path={data / 'heldout.jsonl'}", f"grpo.prompts_per_step={PROMPTS}",
             f"grpo.samples_per_prompt={SAMPLES}", f"rollout.max_response_length={MAX_TOKENS}",
@@ -103,14 +103,14 @@ def records(run: Path) -> list[dict]:
 # --------------------------------------------------------------------------- (a) async vs sync
 
 
-def part_a(model: Path, data: Path, out: Path, steps: int) -> dict:
+def part_a(model: Path, data: Path, out: Path, steps: int, variant: str) -> dict:
     """Mean step time over steps 2..N (the first step pays warm-up), k = 0 and k = 1."""
     result = {}
     for k in (0, 1):
         run = out / f"a_k{k}"
         warmup = f"optim.warmup_ratio={HYPER['warmup_steps'] / steps:.4f}"
         run_logged(stage_command(model, data, run, f"grpo.steps={steps}", f"grpo.max_async_steps={k}",
-                                 "eval.every=0", "data.heldout=[]", warmup), out / f"a_k{k}.log")
+                                 "eval.every=0", "data.heldout=[]", warmup, variant=variant), out / f"a_k{k}.log")
         times = [r["time/step"] for r in records(run) if "time/step" in r][1:]
         manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
         result[f"k{k}"] = {"step_s": sum(times) / len(times), "startup_s": manifest["startup_s"],
@@ -139,7 +139,8 @@ def part_b(model: Path, data: Path, out: Path, args) -> dict:
     started = time.time()
     run_logged(stage_command(model, data, run, f"grpo.steps={args.steps_b}", "grpo.max_async_steps=1",
                              f"eval.every={args.eval_every}", f"eval.max_prompts={args.eval_prompts}",
-                             f"optim.warmup_ratio={HYPER['warmup_steps'] / args.steps_b:.4f}"), out / "b_stage.log")
+                             f"optim.warmup_ratio={HYPER['warmup_steps'] / args.steps_b:.4f}", variant=args.variant),
+               out / "b_stage.log")
     rows = records(run)
     train_s = {r["step"]: r["train_wall_s"] for r in rows if "train_wall_s" in r}
     train_s[0] = 0.0
@@ -263,7 +264,8 @@ def part_c(out: Path, prompts: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "runs/tiny/think/dpo/checkpoint")
+    parser.add_argument("--variant", choices=("instruct", "think"), default="instruct")
+    parser.add_argument("--checkpoint", type=Path, help="default: runs/demo/VARIANT/dpo/checkpoint (make demo)")
     parser.add_argument("--data", type=Path, default=REPO / "runs/tiny/data/rlvr")
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/rlvr")
     parser.add_argument("--parts", default="abc")
@@ -282,15 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
+    args.checkpoint = args.checkpoint or REPO / f"runs/demo/{args.variant}/dpo/checkpoint"
     if set(args.parts) & {"a", "b"}:
         if not (args.checkpoint / "config.json").is_file():
-            print(f"no checkpoint at {args.checkpoint}: run `make think` (or pass --checkpoint)", file=sys.stderr)
+            print(f"no checkpoint at {args.checkpoint}: run `make demo` (or pass --checkpoint)", file=sys.stderr)
             return 2
         model, params = deepen(args.checkpoint, args.out / "model")
         print(f"model: {args.checkpoint} deepened to {params / 1e6:.1f}M parameters; {PROMPTS} prompts x {SAMPLES} "
               f"samples, up to {MAX_TOKENS} tokens", flush=True)
     if "a" in args.parts:
-        results["a"] = part_a(model, args.data, args.out, args.steps_a)
+        results["a"] = part_a(model, args.data, args.out, args.steps_a, args.variant)
     if "b" in args.parts:
         results["b"] = part_b(model, args.data, args.out, args)
     if "c" in args.parts:
