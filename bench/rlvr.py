@@ -6,9 +6,9 @@
     one-time start-up (Ray, engines, learner; TRL's trainer) reported apart;
 (c) vLLM against the `hf` engine, generated tokens/s (bench/rollout_engines.py, a random 25M model).
 
-Workload (a, b): a tiny DPO checkpoint (Instruct by default: its RLVR gains fastest) deepened to >= 20M parameters with identity layers (their
-attention and MLP output projections are zero, so the deeper model computes exactly what the tiny one
-does, at the cost of a 20M model), the tiny RLVR prompts (math and IFEval constraints), 8 prompts x 8
+Workload (a, b): a tiny DPO checkpoint (Instruct by default: its RLVR gains fastest) deepened to >= 20M
+parameters with identity layers (the gains of their output norms are zero, so the deeper model computes
+exactly what the tiny one does, at the cost of a 20M model), the tiny RLVR prompts (math and IFEval constraints), 8 prompts x 8
 samples per step, responses up to 256 tokens (lengths vary with the task), temperature 1, lr 3e-5
 (the tiny recipes') constant after a short warmup, no KL, clip 0.2 / 0.272, token-level loss, advantages not divided by
 the std. Held-out pass@1 is greedy, on the same prompts, with evaluation time kept off both clocks.
@@ -65,9 +65,13 @@ def deepen(src: Path, out: Path, min_params: int = MIN_PARAMS) -> tuple[Path, in
             index, tail = rest.split(".", 1)
             name = f"{prefix}.layers.{slots[int(index)]}.{tail}"
         state[name] = tensor
+    # Olmo 3 normalises each sublayer's output before adding it (post-norm), so a zeroed projection alone is
+    # not an identity that survives training: Adam's first step makes it tiny but non-zero, and the RMSNorm
+    # scales that back to full size. Zeroing the post-norms' gains instead keeps the added output at the
+    # gain's size, which grows from 0 by about lr per step.
     for i in set(range(config.num_hidden_layers)) - set(slots):
-        for proj in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
-            state[f"model.layers.{i}.{proj}"] = torch.zeros_like(state[f"model.layers.{i}.{proj}"])
+        for norm in ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight"):
+            state[f"model.layers.{i}.{norm}"] = torch.zeros_like(state[f"model.layers.{i}.{norm}"])
     deep.load_state_dict(state)
     deep.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
