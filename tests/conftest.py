@@ -45,8 +45,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 # The tiny chains as the e2e tests run them: the demo's recipes as shipped (DPO's and RLVR's learning is
-# asserted on the chains), except that RLVR skips its in-loop evaluation: the chain's held-out suite measures
-# every saved checkpoint instead. The SFT stages are the session's SFT runs (`tiny_sft_dirs`), copied into the
+# asserted on the chains), except that RLVR evaluates in the loop only before and after (the chain's held-out
+# suite measures every saved checkpoint). The SFT stages are the session's SFT runs (`tiny_sft_dirs`), copied into the
 # chains: the pipeline's skip rule recognises them.
 E2E_CHAIN_OVERRIDES = ("rlvr:eval.every=0",)
 E2E_EVAL_SIZE = 100  # held-out prompts (and pairs) per checkpoint: about 5 points of noise on a pass rate
