@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,9 +43,16 @@ def deepen(src: Path, out: Path, min_params: int = MIN_PARAMS) -> tuple[Path, in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if (out / "config.json").is_file():
+    from posttrain.checkpoints import MANIFEST, MODEL_CARD, directory_hash
+
+    # reused only when made from the same source by this method: a stale copy would bench another model
+    made_from = {"source": str(src.resolve()), "source_hash": directory_hash(src, exclude=(MANIFEST, MODEL_CARD)),
+                 "min_params": min_params, "identity": "post-norm gains zero"}
+    marker = out / "deepened_from.json"
+    if marker.is_file() and json.loads(marker.read_text()) == made_from:
         model = AutoModelForCausalLM.from_pretrained(out)
         return out, sum(p.numel() for p in model.parameters())
+    shutil.rmtree(out, ignore_errors=True)
     small = AutoModelForCausalLM.from_pretrained(src)
     config = AutoConfig.from_pretrained(src)
     layers = config.num_hidden_layers
@@ -78,6 +86,7 @@ def deepen(src: Path, out: Path, min_params: int = MIN_PARAMS) -> tuple[Path, in
     for name in ("generation_config.json",):
         if (src / name).is_file():
             (out / name).write_text((src / name).read_text())
+    marker.write_text(json.dumps(made_from, indent=2))  # last: a killed run leaves no marker
     return out, sum(p.numel() for p in deep.parameters())
 
 
