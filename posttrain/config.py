@@ -236,6 +236,9 @@ class GRPOSection(Section):
     truncated_is_cap: Optional[float] = Field(None, gt=0, description="cap on engine/learner importance weights (None: off)")
     overlong: Literal["none", "filter", "soft_penalty"] = Field("none", description="treatment of truncated responses")
     overlong_buffer: int = Field(0, ge=0, description="soft penalty ramps over the last N tokens")
+    format_reward: float = Field(0.0, ge=0, description="added to the reward of a response in its variant's shape "
+                                 "(Think: one <think> block, then a non-blank answer; Instruct: no think tags); "
+                                 "0: off (Olmo 3)")
     max_async_steps: int = Field(1, ge=0, description="generation may run k policy versions ahead (0: on-policy)")
     max_pass_rate: Optional[float] = Field(None, ge=0, le=1, description="drop prompts whose precomputed (offline) pass rate is above this before training (None: keep all)")
 

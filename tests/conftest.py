@@ -70,7 +70,8 @@ def tiny_chains(tiny_dir, tiny_sft_dirs, tmp_path_factory) -> Path:
                "--eval-size", str(E2E_EVAL_SIZE), *E2E_CHAIN_OVERRIDES]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
     (run / "demo.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"posttrain demo failed:\n{(result.stdout + result.stderr)[-4000:]}"
+    assert result.returncode == 0, (f"posttrain demo exited with status {result.returncode}; stderr's end:\n"
+                                    f"{result.stderr[-3000:]}\nstdout's end:\n{result.stdout[-1000:]}")
     return run
 
 
@@ -93,7 +94,8 @@ def run_stage_cli(stage: str, recipe: str, out: Path, overrides: list[str], *, t
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     (out / "cli.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"posttrain {stage} failed:\n{(result.stdout + result.stderr)[-4000:]}"
+    assert result.returncode == 0, (f"posttrain {stage} exited with status {result.returncode}; stderr's end:\n"
+                                    f"{result.stderr[-3000:]}\nstdout's end:\n{result.stdout[-1000:]}")
     (out / "cli_wall_s.txt").write_text(f"{seconds:.1f}\n")
     return seconds
 

@@ -29,6 +29,9 @@ that sampled the token. Departures from GRPO as published (Shao et al.
 - truncated responses: `grpo.overlong` filter (zero loss weight) or
   soft_penalty (DAPO's length penalty over the last `grpo.overlong_buffer`
   tokens, added to the reward);
+- `grpo.format_reward`: a bonus added to the reward of a response in the
+  variant's shape (the Think block, or none for Instruct), as open-instruct's
+  format reward; off in Olmo 3's recipes;
 - `grpo.minibatches` optimizer updates per step; with one, pi_old is the
   current policy detached (rho = 1, no extra forward pass); with more, a
   log-prob phase computes pi_old first;
@@ -166,8 +169,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             step_start = time.perf_counter()
             rollouts = queue.collect(step, timers)  # phases generate and score
             with timers("advantages"):
-                scored = score_groups(rollouts.groups, advantage=grpo.advantage, overlong=grpo.overlong,
-                                      overlong_buffer=grpo.overlong_buffer, max_response_length=rollout.max_response_length)
+                scored = score_step(rollouts.groups, config)
                 kept = select_groups(scored.equal, grpo.prompts_per_step, grpo.filter_equal_groups)
                 samples = step_samples(rollouts.groups, scored, keep=kept, overlong=grpo.overlong)
                 plan = plan_update(samples, minibatches=grpo.minibatches, micro_batch_size=config.batch.micro_batch_size,
@@ -184,7 +186,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 if grpo.max_async_steps == 0:
                     sync_seconds, pending_sync = ray.get(pending_sync), []
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
-                                     step_seconds=time.perf_counter() - step_start, num_engines=len(engines)),
+                                     step_seconds=time.perf_counter() - step_start, num_engines=len(engines),
+                                     style=config.variant),
                     "engine_restarts": engines.restarts, "epoch": queue.stream.epoch, "train_wall_s": train_seconds()}
             if (step + 1) % config.logging.every == 0 or step + 1 == grpo.steps:
                 logger.log(step + 1, last)
@@ -243,11 +246,17 @@ def informative_groups(config: RLVRConfig):
     def informative(groups) -> list[bool]:
         if not grpo.filter_equal_groups:
             return [True] * len(groups)
-        equal = score_groups(groups, advantage=grpo.advantage, overlong=grpo.overlong, overlong_buffer=grpo.overlong_buffer,
-                             max_response_length=config.rollout.max_response_length).equal
-        return (~equal).tolist()
+        return (~score_step(groups, config).equal).tolist()
 
     return informative
+
+
+def score_step(groups, config: RLVRConfig):
+    """The recipe's reward shaping and advantages over a step's groups (`rlvr_data.score_groups`)."""
+    grpo = config.grpo
+    return score_groups(groups, advantage=grpo.advantage, overlong=grpo.overlong, overlong_buffer=grpo.overlong_buffer,
+                        max_response_length=config.rollout.max_response_length, format_reward=grpo.format_reward,
+                        style=config.variant)
 
 
 def update_policy(learners: LearnerGroup, plan, config: RLVRConfig) -> list[dict]:

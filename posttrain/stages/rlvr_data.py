@@ -11,7 +11,7 @@
 - `Group`: one prompt's n sampled responses with their rewards and the policy
   version that generated them.
 - `score_groups(groups, ...)`: rewards (with the optional soft overlong
-  penalty) -> group-relative advantages and the equal-reward mask, through the
+  penalty and format bonus) -> group-relative advantages and the equal-reward mask, through the
   registered pure functions of `posttrain.algorithms.advantages`.
 - `rollout_batch(samples, pad_id)`: samples -> one `RolloutBatch` (prompts
   left-padded, responses right-padded to the longest in the batch).
@@ -31,7 +31,7 @@ import torch
 from posttrain.algorithms.advantages import ADVANTAGES, equal_reward_groups, overlong_filter_mask, soft_overlong_penalty
 from posttrain.algorithms.masked import AGGREGATIONS
 from posttrain.data.batches import RolloutBatch
-from posttrain.data.chat import generation_prompt
+from posttrain.data.chat import generation_prompt, is_well_formed
 
 
 @dataclass(frozen=True)
@@ -114,20 +114,28 @@ class Scored:
 
 
 def score_groups(groups: Sequence[Group], *, advantage: str, overlong: str, overlong_buffer: int,
-                 max_response_length: int) -> Scored:
+                 max_response_length: int, format_reward: float = 0.0, style: str = "think") -> Scored:
     """Rewards -> advantages and the equal-reward mask. `overlong`: none, filter or soft_penalty.
 
-    The soft penalty (DAPO) is added to the reward before advantages are taken
-    and before groups are compared, so a group that differs only in length is
-    not equal. Filtering (zero loss weight on truncated responses) happens
-    when samples are batched (`step_samples`).
+    The soft penalty (DAPO) and the format bonus (`format_reward` for a
+    response in `style`'s shape) are added to the verifier score before
+    advantages are taken and before groups are compared, so a group that
+    differs only in length or shape is not equal. Filtering (zero loss weight
+    on truncated responses) happens when samples are batched (`step_samples`).
     """
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # (P, G)
     if overlong == "soft_penalty":
         lengths = torch.tensor([[len(r) for r in g.response_ids] for g in groups], dtype=torch.float32)
         rewards = rewards + soft_overlong_penalty(lengths.flatten(), max_length=max_response_length,
                                                   buffer=overlong_buffer).view_as(rewards)
+    if format_reward:
+        rewards = rewards + format_reward * well_formed(groups, style)
     return Scored(rewards, ADVANTAGES.get(advantage)(rewards), equal_reward_groups(rewards))
+
+
+def well_formed(groups: Sequence[Group], style: str) -> torch.Tensor:
+    """(P, G) float32: 1 where a response has `style`'s shape (`posttrain.data.chat.is_well_formed`)."""
+    return torch.tensor([[float(is_well_formed(text, style)) for text in g.texts] for g in groups], dtype=torch.float32)
 
 
 @dataclass(frozen=True)

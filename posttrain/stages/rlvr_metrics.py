@@ -6,7 +6,8 @@ Keys (metrics.jsonl, TensorBoard):
   `reward/std/<v>`; `pass_rate` and `pass_rate/<v>` (share of responses with
   score 1); `groups/filtered_frac` (groups dropped because every reward was
   equal), `groups/drawn`, `groups/refills` (active sampling); `response/length`
-  (mean), `response/length_max`, `response/truncated_frac`; `staleness/mean`,
+  (mean), `response/length_max`, `response/truncated_frac`,
+  `response/format_rate` (share in the variant's shape); `staleness/mean`,
   `staleness/max` (learner steps between the generating weights and the
   update); `verifier/unscored` (crashes, timeouts, None: scored 0).
 - update (token-weighted over the step): `loss`, `entropy`, `clip_frac`
@@ -28,6 +29,7 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
+from posttrain.data.chat import is_well_formed
 from posttrain.stages.rlvr_data import Group
 from posttrain.stages.rlvr_eval import PASS
 
@@ -40,8 +42,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, drawn: int, refills: int,
-                    unscored: int) -> dict[str, float]:
-    """Rewards, pass rates, filtering, lengths and staleness of a step's groups (all of them, kept or not)."""
+                    unscored: int, style: str | None = None) -> dict[str, float]:
+    """Rewards, pass rates, filtering, lengths, shape (with `style`) and staleness of a step's groups (all of them,
+    kept or not)."""
     by_verifier: dict[str, list[float]] = defaultdict(list)
     lengths, truncated, staleness = [], [], []
     for group in groups:
@@ -68,6 +71,9 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
         "staleness/max": max(staleness, default=0),
         "verifier/unscored": unscored,
     })
+    if style is not None:
+        shapes = [is_well_formed(text, style) for group in groups for text in group.texts]
+        out["response/format_rate"] = sum(shapes) / max(len(shapes), 1)
     return out
 
 
@@ -120,10 +126,12 @@ def speed_metrics(times: dict[str, float], *, step_seconds: float, engine_second
 
 
 def step_metrics(step: int, rollouts, kept: Sequence[bool], results: Sequence[dict], times: dict[str, float], plan,
-                 sync_seconds: Sequence[float], *, step_seconds: float, num_engines: int) -> dict[str, float]:
+                 sync_seconds: Sequence[float], *, step_seconds: float, num_engines: int,
+                 style: str | None = None) -> dict[str, float]:
     """Everything a step logs: rollouts (`StepRollouts`), learner stats, phase times, speed."""
     return {
-        **rollout_metrics(rollouts.groups, kept, step, rollouts.drawn, rollouts.refills, sum(rollouts.unscored.values())),
+        **rollout_metrics(rollouts.groups, kept, step, rollouts.drawn, rollouts.refills, sum(rollouts.unscored.values()),
+                          style),
         **update_metrics(results),
         **times,
         **speed_metrics(times, step_seconds=step_seconds, engine_seconds=rollouts.engine_seconds,
@@ -133,7 +141,7 @@ def step_metrics(step: int, rollouts, kept: Sequence[bool], results: Sequence[di
 
 
 PLOT_GROUPS = {
-    "reward": ("reward/mean", "pass_rate"),
+    "reward": ("reward/mean", "pass_rate", "response/format_rate"),
     "eval": ("eval/pass@1",),
     "response_length": ("response/length",),
     "filtered": ("groups/filtered_frac", "response/truncated_frac"),

@@ -70,7 +70,7 @@ def test_rlvr_logs_every_metric_and_phase_and_draws_curves(tiny_chains):
     assert steps[-1]["step"] == config.grpo.steps
     expected = {
         "reward/mean", "reward/std", "reward/mean/math", "reward/std/ifeval", "pass_rate", "pass_rate/ifeval",
-        "groups/filtered_frac", "response/length", "entropy", "clip_frac", "approx_kl", "is_ratio/mean",
+        "groups/filtered_frac", "response/length", "response/format_rate", "entropy", "clip_frac", "approx_kl", "is_ratio/mean",
         "is_ratio/std", "tokens_per_s/generate", "tokens_per_s/train", "weight_sync/load_s", "idle/learner",
         "idle/engine", "staleness/max", "verifier/unscored", "lr", "grad_norm",
         *(f"time/{phase}" for phase in ("generate", "score", "advantages", "logprobs", "update", "sync")),
@@ -78,6 +78,7 @@ def test_rlvr_logs_every_metric_and_phase_and_draws_curves(tiny_chains):
     assert expected <= set(steps[-1])
     assert max(r["staleness/max"] for r in steps) <= config.grpo.max_async_steps
     assert all(r["tokens_per_s/generate"] > 0 for r in steps)
+    assert all(0.0 <= r["response/format_rate"] <= 1.0 for r in steps)
     for name in ("reward", "time", "is_ratio", "idle"):
         assert (run / "plots" / f"{name}.png").is_file()
     manifest = json.loads((run / EXPORT_DIR / MANIFEST).read_text())

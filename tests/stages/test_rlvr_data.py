@@ -81,6 +81,23 @@ def test_advantages_penalty_and_equal_groups():
     assert soft.advantages[1].tolist() == pytest.approx([0.125, -0.375, 0.125, 0.125])
 
 
+def test_format_reward_adds_a_bonus_for_the_variants_shape():
+    texts = ["<think>3 + 2 = 5.</think>\\boxed{5}", "\\boxed{5}", "<think>3 + 2</think>5</think>5", "<think>ok</think>no"]
+    groups = [group(0, [1, 1, 0, 0], [3, 3, 3, 3]), group(1, [1, 1, 1, 1], [3, 3, 3, 3])]
+    for g in groups:
+        g.texts = list(texts)
+    think = score_groups(groups, advantage="group_mean", overlong="none", overlong_buffer=0, max_response_length=10,
+                         format_reward=0.5, style="think")
+    # well formed: one <think> block at the start, one </think>, a non-blank answer -> rows 0 and 3
+    assert think.rewards.tolist() == [[1.5, 1.0, 0.0, 0.5], [1.5, 1.0, 1.0, 1.5]]
+    assert think.equal.tolist() == [False, False]  # equal verifier scores, different shapes: a gradient
+    instruct = score_groups(groups, advantage="group_mean", overlong="none", overlong_buffer=0, max_response_length=10,
+                            format_reward=0.5, style="instruct")
+    assert instruct.rewards[0].tolist() == [1.0, 1.5, 0.0, 0.0]  # Instruct's shape: no think tags
+    off = score_groups(groups, advantage="group_mean", overlong="none", overlong_buffer=0, max_response_length=10)
+    assert off.rewards.tolist() == [[1.0, 1.0, 0.0, 0.0], [1.0] * 4] and off.equal.tolist() == [False, True]
+
+
 def test_select_groups_drops_equal_ones_and_caps_the_surplus():
     equal = torch.tensor([False, True, False, False, True, False])
     assert select_groups(equal, 3, True).tolist() == [True, False, True, True, False, False]
