@@ -92,9 +92,6 @@ class DistributedSection(Section):
     use_gpu: bool = Field(False, description="one GPU per rank")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank")
-    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per CPU rank (None: the CPUs "
-                                              "reserved); more lets a rank use cores that another actor leaves idle, "
-                                              "e.g. an RLVR learner while an asynchronous engine waits")
     ray_address: Optional[str] = Field(None, description="Ray cluster to join; default: RAY_ADDRESS or a local Ray")
     gpus_per_node: int = Field(8, ge=1, description="GPUs per machine; `posttrain plan` packs learners and engines into nodes of this size")
     context_parallel_size: int = Field(1, ge=1, description="ranks that split one sequence (context parallelism); data-parallel ranks = num_workers / this")

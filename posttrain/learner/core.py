@@ -61,15 +61,13 @@ class LearnerSpec:
     use_gpu: bool = False
     backend: str = "auto"  # torch.distributed backend: auto, gloo, nccl
     cpus_per_worker: float = 1.0
-    threads: int | None = None  # torch threads on CPU (None: int(cpus_per_worker))
 
     @classmethod
     def from_config(cls, config: StageConfig, *, accumulation: int, total_steps: int) -> "LearnerSpec":
         return cls(model=config.model, optim=config.optim, deepspeed=config.deepspeed, lora=config.lora,
                    micro_batch_size=config.batch.micro_batch_size, accumulation=accumulation,
                    total_steps=total_steps, seed=config.seed, use_gpu=config.distributed.use_gpu,
-                   backend=config.distributed.backend, cpus_per_worker=config.distributed.cpus_per_worker,
-                   threads=config.distributed.threads_per_worker)
+                   backend=config.distributed.backend, cpus_per_worker=config.distributed.cpus_per_worker)
 
     @property
     def dist_backend(self) -> str:
@@ -156,7 +154,7 @@ class Learner:
             self.device = torch.device("cuda", 0)
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(spec.threads or max(1, int(spec.cpus_per_worker)))
+            torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
         init_process_group(spec, rank, world_size)
         seed_everything(spec.seed)  # same LoRA init on every rank
         model = load_model(spec).to(self.device)

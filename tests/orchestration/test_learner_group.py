@@ -86,16 +86,3 @@ def test_asking_for_more_than_the_cluster_has_fails_at_once(local_ray, model_dir
         LearnerGroup(spec(model_dir, zero_stage=2), 3, cpus_per_worker=2)
     with pytest.raises(ClusterResourceError, match="GPU: needs 1, the cluster has 0"):
         LearnerGroup(spec(model_dir, zero_stage=2), 1, use_gpu=True)
-
-
-def test_a_cpu_rank_runs_the_torch_threads_it_is_given(model_dir):
-    from dataclasses import replace
-
-    before = torch.get_num_threads()
-    try:
-        Learner(replace(spec(model_dir, zero_stage=0, deepspeed=False), cpus_per_worker=1, threads=3))
-        assert torch.get_num_threads() == 3  # distributed.threads_per_worker beyond the CPUs reserved
-        Learner(replace(spec(model_dir, zero_stage=0, deepspeed=False), cpus_per_worker=2))
-        assert torch.get_num_threads() == 2  # default: the CPUs reserved
-    finally:
-        torch.set_num_threads(before)
