@@ -11,10 +11,11 @@ parameters with identity layers (the gains of their output norms are zero, so th
 exactly what the tiny one does, at the cost of a 20M model), the tiny RLVR prompts (math and IFEval constraints), 8 prompts x 8
 samples per step, responses up to 256 tokens (lengths vary with the task), temperature 1, lr 3e-5
 (the tiny recipes') constant after a short warmup, no KL, clip 0.2 / 0.272, token-level loss, advantages not divided by
-the std. Held-out pass@1 is greedy, on the same prompts, with evaluation time kept off both clocks.
+the std. Held-out pass@1 is greedy, on the same prompts, with evaluation time kept off both clocks. This stage
+generates with `--engine` (vLLM by default, as every recipe above the tiny ones); TRL with transformers.
 
     python bench/rlvr.py [--variant instruct] [--checkpoint runs/demo/instruct/dpo/checkpoint] [--data runs/tiny/data/rlvr]
-                         [--parts abc] [--out runs/bench/rlvr]
+                         [--parts abc] [--engine vllm] [--out runs/bench/rlvr]
 """
 
 from __future__ import annotations
@@ -90,12 +91,15 @@ def deepen(src: Path, out: Path, min_params: int = MIN_PARAMS) -> tuple[Path, in
     return out, sum(p.numel() for p in deep.parameters())
 
 
-def stage_command(model: Path, data: Path, out: Path, *overrides: str, variant: str = "instruct") -> list[str]:
+def stage_command(model: Path, data: Path, out: Path, *overrides: str, variant: str = "instruct",
+                  engine: str = "vllm") -> list[str]:
     return [sys.executable, "-m", "posttrain", "rlvr", "--recipe", str(REPO / f"recipes/tiny/{variant}/rlvr.yaml"),
-            "--output-dir", str(out), f"model.path={model}", f"data.train.0.path={data / 'train.jsonl'}",
+            "--output-dir", str(out), f"model.path={model}", f"rollout.engine={engine}",
+            f"data.train.0.path={data / 'train.jsonl'}",
             f"data.heldout.0.path={data / 'heldout.jsonl'}", f"grpo.prompts_per_step={PROMPTS}",
             f"grpo.samples_per_prompt={SAMPLES}", f"rollout.max_response_length={MAX_TOKENS}",
-            f"optim.lr={HYPER['lr']}", "optim.schedule=constant", "logging.progress=false", "logging.every=1",
+            f"optim.lr={HYPER['lr']}", "optim.schedule=constant", "rollout.temperature=1.0", "grpo.format_reward=0.0",
+            "logging.progress=false", "logging.every=1",
             "batch.sequences=64", *overrides]
 
 
@@ -116,14 +120,16 @@ def records(run: Path) -> list[dict]:
 # --------------------------------------------------------------------------- (a) async vs sync
 
 
-def part_a(model: Path, data: Path, out: Path, steps: int, variant: str) -> dict:
+def part_a(model: Path, data: Path, out: Path, steps: int, args) -> dict:
     """Mean step time over steps 2..N (the first step pays warm-up), k = 0 and k = 1."""
     result = {}
     for k in (0, 1):
         run = out / f"a_k{k}"
         warmup = f"optim.warmup_ratio={HYPER['warmup_steps'] / steps:.4f}"
         run_logged(stage_command(model, data, run, f"grpo.steps={steps}", f"grpo.max_async_steps={k}",
-                                 "eval.every=0", "data.heldout=[]", warmup, variant=variant), out / f"a_k{k}.log")
+                                 "eval.every=0", "data.heldout=[]", warmup, variant=args.variant,
+                                 engine=args.engine),
+                   out / f"a_k{k}.log")
         times = [r["time/step"] for r in records(run) if "time/step" in r][1:]
         manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
         result[f"k{k}"] = {"step_s": sum(times) / len(times), "startup_s": manifest["startup_s"],
@@ -152,7 +158,8 @@ def part_b(model: Path, data: Path, out: Path, args) -> dict:
     started = time.time()
     run_logged(stage_command(model, data, run, f"grpo.steps={args.steps_b}", "grpo.max_async_steps=1",
                              f"eval.every={args.eval_every}", f"eval.max_prompts={args.eval_prompts}",
-                             f"optim.warmup_ratio={HYPER['warmup_steps'] / args.steps_b:.4f}", variant=args.variant),
+                             f"optim.warmup_ratio={HYPER['warmup_steps'] / args.steps_b:.4f}", variant=args.variant,
+                             engine=args.engine),
                out / "b_stage.log")
     rows = records(run)
     train_s = {r["step"]: r["train_wall_s"] for r in rows if "train_wall_s" in r}
@@ -282,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO / "runs/tiny/data/rlvr")
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/rlvr")
     parser.add_argument("--parts", default="abc")
+    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm",
+                        help="(a, b) this stage's rollout engine (default: vllm, as every recipe above the tiny ones)")
     parser.add_argument("--steps-a", type=int, default=8, help="(a) steps per run")
     parser.add_argument("--steps-b", type=int, default=120, help="(b) most steps per side")
     parser.add_argument("--eval-every", type=int, default=5)
@@ -296,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
+    results: dict = {"engine": args.engine, "variant": args.variant}
     args.checkpoint = args.checkpoint or REPO / f"runs/demo/{args.variant}/dpo/checkpoint"
     if set(args.parts) & {"a", "b"}:
         if not (args.checkpoint / "config.json").is_file():
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {args.checkpoint} deepened to {params / 1e6:.1f}M parameters; {PROMPTS} prompts x {SAMPLES} "
               f"samples, up to {MAX_TOKENS} tokens", flush=True)
     if "a" in args.parts:
-        results["a"] = part_a(model, args.data, args.out, args.steps_a, args.variant)
+        results["a"] = part_a(model, args.data, args.out, args.steps_a, args)
     if "b" in args.parts:
         results["b"] = part_b(model, args.data, args.out, args)
     if "c" in args.parts:
