@@ -11,8 +11,9 @@
 - `Group`: one prompt's n sampled responses with their rewards and the policy
   version that generated them.
 - `score_groups(groups, ...)`: rewards (with the optional soft overlong
-  penalty and format bonus) -> group-relative advantages and the equal-reward mask, through the
-  registered pure functions of `posttrain.algorithms.advantages`.
+  penalty and format bonus) -> group-relative advantages and the
+  equal-reward mask, through the registered pure functions of
+  `posttrain.algorithms.advantages`.
 - `rollout_batch(samples, pad_id)`: samples -> one `RolloutBatch` (prompts
   left-padded, responses right-padded to the longest in the batch).
 - `plan_update(...)`: a step's samples -> [minibatch][rank][micro-batch] of
