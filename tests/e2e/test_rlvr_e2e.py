@@ -70,8 +70,8 @@ def test_rlvr_logs_every_metric_and_phase_and_draws_curves(tiny_chains):
     assert steps[-1]["step"] == config.grpo.steps
     expected = {
         "reward/mean", "reward/std", "reward/mean/math", "reward/std/ifeval", "pass_rate", "pass_rate/ifeval",
-        "groups/filtered_frac", "response/length", "response/format_rate", "entropy", "clip_frac", "approx_kl", "is_ratio/mean",
-        "is_ratio/std", "tokens_per_s/generate", "tokens_per_s/train", "weight_sync/load_s", "idle/learner",
+        "groups/filtered_frac", "response/length", "response/format_rate", "entropy", "clip_frac", "approx_kl",
+        "is_ratio/mean", "is_ratio/std", "tokens_per_s/generate", "tokens_per_s/train", "weight_sync/load_s", "idle/learner",
         "idle/engine", "staleness/max", "verifier/unscored", "lr", "grad_norm",
         *(f"time/{phase}" for phase in ("generate", "score", "advantages", "logprobs", "update", "sync")),
     }
