@@ -96,12 +96,13 @@ def test_tiny_dpo_raises_heldout_preference_accuracy_to_90_percent(tiny_chains):
         assert (run / "plots" / "loss.png").is_file() and (run / "plots" / "accuracy.png").is_file()
 
 
-def test_tiny_instruct_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
-    """Greedy pass@1 on the chain's held-out suite, from the saved DPO and RLVR checkpoints (Instruct measured
-    +28 points in `make demo`, +18 to +23 in three CI-style runs). Think is printed, not asserted: with its
-    recipe's temperature 0.7 and format reward it gained +9 (demo) and +7 (CI-style) points in 40 steps and +11
-    in 60 (runs/tiny's build); RL restores the answer format Olmo 3's DPO loss takes away on a model this small,
-    while instruction following moves little (-8 to +8 points)."""
+def test_tiny_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
+    """Greedy pass@1 on the chain's held-out suite, from the saved DPO and RLVR checkpoints. Measured: Instruct
+    +28 points in `make demo` and +18 to +23 in three CI-style runs; Think +22 in `make demo`, and in the loop
+    (200 prompts) +34 and +36.5 from two CI-style builds' DPO checkpoints, +18.5 and +12 from two others. Think
+    gets there by restoring the answer format Olmo 3's DPO loss takes away on a model this small, then
+    instruction following (demo: 0.30 -> 0.54)."""
+    gains = {}
     for variant in VARIANTS:
         suite = read_json(tiny_chains / variant / EVAL_FILE)["results"]
         before, after = suite["dpo"]["metrics"], suite["rlvr"]["metrics"]
@@ -109,8 +110,8 @@ def test_tiny_instruct_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
         print(f"{variant} RLVR: held-out pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f} "
               f"(math {before['pass@1/math']:.3f} -> {after['pass@1/math']:.3f}, ifeval "
               f"{before['pass@1/ifeval']:.3f} -> {after['pass@1/ifeval']:.3f}) in {wall:.0f} s")
-    suite = read_json(tiny_chains / "instruct" / EVAL_FILE)["results"]
-    assert suite["rlvr"]["metrics"]["pass@1"] >= suite["dpo"]["metrics"]["pass@1"] + 0.15
+        gains[variant] = after["pass@1"] - before["pass@1"]
+    assert all(gain >= 0.15 - 1e-9 for gain in gains.values()), gains  # pass rates are k/n floats
 
 
 def test_a_second_run_skips_every_stage(tiny_chains, tiny_dir):
