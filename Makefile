@@ -60,7 +60,7 @@ instruct: think
 	  --think-run $(RUN_DIR)/think --run-dir $(RUN_DIR)/instruct $(OVERRIDES)
 
 bench: install
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -215,7 +215,7 @@ class RolloutSection(Section):
     enforce_eager: Optional[bool] = Field(None, description="vLLM: no CUDA graphs or compilation; None: on for CPU, off for GPU")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
     hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
-    weight_sync: Literal["reload", "nccl", "ipc"] = Field("reload", description="how learner weights reach vLLM: reload (load_weights, in-process copy; CPU or GPU), or vLLM's weight-transfer API on GPU: nccl (broadcast to engines on other GPUs) or ipc (engine sharing the learner's GPU)")
+    weight_sync: Literal["reload", "nccl", "ipc"] = Field("reload", description="how learner weights reach vLLM: reload (load_weights, in-process copy; CPU or GPU; what the RLVR stage uses), or vLLM's weight-transfer API on GPU through EngineSyncClient: nccl (broadcast to engines on other GPUs) or ipc (engine sharing the learner's GPU)")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
 
@@ -307,6 +307,12 @@ class RLVRConfig(StageConfig):
                              f"({self.rollout.max_response_length}), got {grpo.overlong_buffer}")
         if grpo.advantage == "group_mean_std" and grpo.samples_per_prompt < 2:
             raise ValueError("grpo.advantage group_mean_std needs grpo.samples_per_prompt >= 2")
+        if self.rollout.weight_sync != "reload":
+            # the engines would be built for vLLM's weight-transfer API while the stage still sent weights through
+            # load_weights: refuse rather than quietly run the slower path the recipe asked to avoid
+            raise ValueError(f"rollout.weight_sync={self.rollout.weight_sync}: the RLVR stage sends the learner's "
+                             "weights with load_weights (reload) on CPU and GPU; nccl and ipc are driven through "
+                             "posttrain.orchestration.actors.EngineSyncClient, not by this stage yet")
         return self
 
 

@@ -83,6 +83,13 @@ def test_rlvr_batch_may_be_omitted(tmp_path):
     assert load_recipe(write(tmp_path, "rlvr.yaml", raw)).batch.sequences == 64 * 8  # derived from grpo
 
 
+def test_rlvr_refuses_a_weight_sync_the_stage_does_not_drive(tmp_path):
+    path = write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr", grpo={"prompts_per_step": 8},
+                                              batch={"sequences": 64}))
+    assert load_recipe(path).rollout.weight_sync == "reload"
+    assert "rollout.weight_sync=nccl: the RLVR stage sends" in recipe_error(path, ["rollout.weight_sync=nccl"])
+
+
 def test_exponent_floats_and_yaml_1_1_booleans(tmp_path):
     """`1e-5` is a float (PyYAML alone reads a string) and `on` stays text (PyYAML alone reads True)."""
     text = yaml.safe_dump(MINIMAL_SFT).replace("lr: 0.0001", "lr: 1e-5") + "logging:\n  wandb_project: on\n"

@@ -1,0 +1,182 @@
+"""The RLVR pieces on one CUDA GPU, a ~1B model: vLLM rollouts, bf16 learner steps, weight sync.
+
+Run through bench/gpu_check.sh (needs the GPU stack: `make install GPU=1`). Workload: a random-init
+Olmo 3 with the 7B's widths (hidden 4096, MLP 11008, heads of 64) and `--layers` layers (5: about 1.05B
+parameters), a 4096-word vocabulary; `--prompts` prompts of 16-64 tokens x 8 samples, responses up to
+256 tokens. The engine is an `EngineActor` (vLLM, bf16) holding half the GPU; the learner is a
+transformers model in bf16 on the same GPU, trained with this project's GRPO loss and AdamW.
+
+Prints, one line each: generated tokens/s (after a warm-up call), learner tokens/s over `--train-steps`
+steps (forward, backward, optimizer), and weight-sync seconds (median of 3) through each path: `reload`
+(the RLVR stage's: the state dict over Ray into `load_weights`) and `ipc` (vLLM's weight-transfer API,
+CUDA IPC handles, through EngineSyncClient). After the ipc round the engine must report the new policy
+version and generate differently, or the script fails.
+
+    python bench/gpu_check.py [--layers 5] [--prompts 64] [--train-steps 4] [--out runs/bench/gpu_check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HIDDEN, INTERMEDIATE, VOCAB = 4096, 11008, 4096
+SAMPLES, MAX_TOKENS, MICRO_BATCH = 8, 256, 8
+
+
+def make_prompts(count: int, seed: int = 0) -> list[list[int]]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (int(torch.randint(16, 65, ()).item()),), generator=g).tolist()
+            for _ in range(count)]
+
+
+def generated_tokens_per_s(actor, prompts: list[list[int]], seed: int) -> tuple[float, list]:
+    import ray
+
+    start = time.perf_counter()
+    completions = ray.get(actor.generate.remote(prompts, SAMPLES, temperature=1.0, max_tokens=MAX_TOKENS,
+                                                seed=seed), timeout=900)
+    seconds = time.perf_counter() - start
+    return sum(len(c.token_ids) for c in completions) / seconds, completions
+
+
+def learner_tokens_per_s(model, prompts: list[list[int]], completions: list, steps: int) -> float:
+    """`steps` GRPO updates (bf16 forward and backward, AdamW) on the sampled responses; trained tokens/s."""
+    import torch
+
+    from posttrain.algorithms.losses import gather_logprobs, grpo_clip_loss
+    from posttrain.algorithms.masked import token_mean
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    g = torch.Generator().manual_seed(0)
+    rows = [(prompts[c.prompt_index], c.token_ids) for c in completions if c.token_ids]
+    advantages = torch.randn(len(rows), generator=g)  # random: the speed does not depend on them
+    trained, seconds = 0, 0.0
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for first in range(0, len(rows), MICRO_BATCH):
+            chunk = rows[first:first + MICRO_BATCH]
+            width = max(len(p) + len(r) for p, r in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+            for i, (p, r) in enumerate(chunk):
+                ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+                mask[i, len(p):len(p) + len(r)] = True
+            ids, mask = ids.cuda(), mask.cuda()
+            logits = model(ids).logits[:, :-1].float()
+            logprobs = gather_logprobs(logits, ids[:, 1:])
+            target_mask = mask[:, 1:]
+            loss, _ = grpo_clip_loss(logprobs, logprobs.detach(), advantages[first:first + len(chunk)].cuda(),
+                                     target_mask)
+            token_mean(loss, target_mask, normalizer=float(sum(len(r) for _, r in rows))).backward()
+            trained += int(target_mask.sum())
+        optimizer.step()
+        torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+    return trained / seconds
+
+
+def reload_seconds(actor, model, version: int) -> float:
+    import ray
+
+    start = time.perf_counter()
+    named = [(name, tensor.detach().to("cpu")) for name, tensor in model.state_dict().items()]
+    ray.get(actor.load_weights.remote(named, version), timeout=600)
+    return time.perf_counter() - start
+
+
+def ipc_seconds(actor, model, version: int) -> float:
+    import ray
+    from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
+    from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+
+    from posttrain.orchestration.actors import EngineSyncClient
+
+    client = EngineSyncClient([actor])
+    sender = WeightTransferTrainerFactory.trainer_init(IPCTrainerInitInfo(rank=0), client=client,
+                                                       source=ModuleSource(model))
+    client.version = version
+    start = time.perf_counter()
+    sender.send_weights()
+    ray.get(actor.ping.remote(), timeout=600)  # calls run in order: the round has landed
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/gpu_check"))
+    args = parser.parse_args(argv)
+
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.config import RolloutSection
+    from posttrain.orchestration.actors import spawn_engine_actor
+    from posttrain.rollout.testing import build_checkpoint, random_weights
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible to torch", file=sys.stderr)
+        return 2
+    model_dir = args.out / "model"
+    if not (model_dir / "config.json").is_file():
+        build_checkpoint(model_dir, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=args.layers,
+                         intermediate_size=INTERMEDIATE, logit_scale=20.0)
+    results: dict = {"gpu": torch.cuda.get_device_name(0), "layers": args.layers}
+
+    ray.init(num_gpus=1, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    options = RolloutSection(engine="vllm", weight_sync="ipc", gpu_memory_utilization=0.35, kv_cache_gib=16,
+                             max_prompt_length=64, max_response_length=MAX_TOKENS)
+    start = time.perf_counter()
+    actor = spawn_engine_actor(str(model_dir), options, num_cpus=1, num_gpus=0.5)
+    prompts = make_prompts(args.prompts)
+    try:
+        ray.get(actor.ping.remote(), timeout=900)
+        results["engine_start_s"] = round(time.perf_counter() - start, 1)
+        generated_tokens_per_s(actor, prompts[:8], seed=1)  # warm-up (CUDA graphs, caches)
+        results["generate_tokens_per_s"], completions = generated_tokens_per_s(actor, prompts, seed=2)
+        print(f"vLLM generate: {results['generate_tokens_per_s']:.0f} tokens/s "
+              f"({len(completions)} responses, start-up {results['engine_start_s']} s)", flush=True)
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
+        results["parameters"] = sum(p.numel() for p in model.parameters())
+        results["train_tokens_per_s"] = learner_tokens_per_s(model, prompts, completions, args.train_steps)
+        print(f"learner (bf16, {results['parameters'] / 1e9:.2f}B parameters): "
+              f"{results['train_tokens_per_s']:.0f} trained tokens/s over {args.train_steps} steps", flush=True)
+
+        results["sync_reload_s"] = statistics.median(reload_seconds(actor, model, v) for v in (1, 2, 3))
+        print(f"weight sync, reload (Ray object -> load_weights): {results['sync_reload_s']:.2f} s", flush=True)
+
+        before = ray.get(actor.generate.remote(prompts[:4], 1, temperature=0, max_tokens=8), timeout=300)
+        model.load_state_dict({k: v.to(torch.bfloat16) for k, v in random_weights(model_dir, seed=3,
+                                                                                logit_scale=20.0).items()})
+        results["sync_ipc_s"] = statistics.median(ipc_seconds(actor, model, v) for v in (4, 5, 6))
+        after = ray.get(actor.generate.remote(prompts[:4], 1, temperature=0, max_tokens=8), timeout=300)
+        version = ray.get(actor.ping.remote())["policy_version"]
+        print(f"weight sync, ipc (vLLM weight-transfer API): {results['sync_ipc_s']:.2f} s", flush=True)
+    finally:
+        ray.kill(actor)
+        ray.shutdown()
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    if version != 6 or [c.token_ids for c in after] == [c.token_ids for c in before]:
+        print(f"gpu_check: the ipc round did not take (policy version {version}, outputs unchanged: "
+              f"{[c.token_ids for c in after] == [c.token_ids for c in before]})", file=sys.stderr)
+        return 1
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
