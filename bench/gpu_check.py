@@ -24,16 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-HIDDEN, INTERMEDIATE, VOCAB = 4096, 11008, 4096
+from rollout_engines import VOCAB, make_prompts  # bench/: random prompts of 16-64 tokens over this vocabulary
+
+HIDDEN, INTERMEDIATE = 4096, 11008
 SAMPLES, MAX_TOKENS, MICRO_BATCH = 8, 256, 8
-
-
-def make_prompts(count: int, seed: int = 0) -> list[list[int]]:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, VOCAB, (int(torch.randint(16, 65, ()).item()),), generator=g).tolist()
-            for _ in range(count)]
 
 
 def generated_tokens_per_s(actor, prompts: list[list[int]], seed: int) -> tuple[float, list]:
@@ -57,6 +51,7 @@ def learner_tokens_per_s(model, prompts: list[list[int]], completions: list, ste
     g = torch.Generator().manual_seed(0)
     rows = [(prompts[c.prompt_index], c.token_ids) for c in completions if c.token_ids]
     advantages = torch.randn(len(rows), generator=g)  # random: the speed does not depend on them
+    response_tokens = float(sum(len(r) for _, r in rows))  # token-level mean over the whole step
     trained, seconds = 0, 0.0
     for _ in range(steps):
         torch.cuda.synchronize()
@@ -76,7 +71,7 @@ def learner_tokens_per_s(model, prompts: list[list[int]], completions: list, ste
             target_mask = mask[:, 1:]
             loss, _ = grpo_clip_loss(logprobs, logprobs.detach(), advantages[first:first + len(chunk)].cuda(),
                                      target_mask)
-            token_mean(loss, target_mask, normalizer=float(sum(len(r) for _, r in rows))).backward()
+            token_mean(loss, target_mask, normalizer=response_tokens).backward()
             trained += int(target_mask.sum())
         optimizer.step()
         torch.cuda.synchronize()
