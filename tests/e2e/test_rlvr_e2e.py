@@ -49,6 +49,7 @@ def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir,
     command = [sys.executable, "-m", "posttrain", "rlvr", "--recipe", str(REPO / "recipes/tiny/think/rlvr.yaml"),
                "--output-dir", str(run), f"model.path={sft_think_dir / EXPORT_DIR}", f"data.train.0.path={data}",
                "data.heldout=[]", "verifiers.modules=[short_answers]", "optim.lr=1e-4", "grpo.steps=20",
+               "rollout.temperature=1.0", "grpo.format_reward=0.0",  # the plugged-in verifier alone pays
                "eval.every=0", "logging.every=1", "logging.progress=false"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
