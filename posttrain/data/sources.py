@@ -12,8 +12,9 @@ Then, in order:
    lines, `FILE:row N` otherwise), or with `on_bad_row="skip"` is dropped and
    counted in the returned `SourceReport`.
 3. `count` / `fraction` sample the valid rows with a seed derived from the data
-   seed and the source, so a source draws the same rows whatever else is in the
-   mixture. Above the source's size the rows are repeated whole, then topped
+   seed and the source's name (`draw_key`: the file name, not where it sits),
+   so a source draws the same rows whatever else is in the mixture and
+   wherever the data was built or copied to. Above the source's size the rows are repeated whole, then topped
    up with a sample: fraction 2.5 of 10 rows is every row twice plus 5 more.
    Sampled rows keep their file order (`posttrain.data.mixing` shuffles).
 """
@@ -82,7 +83,7 @@ def read_source(
     n = wanted(spec, len(valid))
     if n and not valid:
         raise DataError(f"{label}: no valid rows to take {n} from ({report.skipped} of {report.read} rows malformed)")
-    taken = sample(valid, n, random.Random(f"{seed}|{label}"))
+    taken = sample(valid, n, random.Random(f"{seed}|{draw_key(spec)}"))
     report.taken = len(taken)
     return taken, report
 
@@ -94,6 +95,18 @@ def wanted(spec: DatasetSpec, available: int) -> int:
     if spec.fraction is not None:
         return round(spec.fraction * available)
     return available
+
+
+def draw_key(spec: DatasetSpec) -> str:
+    """What seeds a source's sample besides the data seed: its name without the directories above it.
+
+    A local source is named by its last path component plus the split, so the
+    same file draws the same rows from `runs/tiny/data/` or a test's temporary
+    copy; a hub dataset by its name, config and split.
+    """
+    if _is_local(spec.path):
+        return f"{Path(spec.path).expanduser().name}[{spec.split}]"
+    return f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
 
 
 def sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
@@ -151,6 +164,11 @@ def split_file(directory: Path, split: str) -> Path:
         return shards[0] if len(shards) == 1 else directory / f"{split}-*{shards[0].suffix}"
     present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
     raise DataError(f"{directory}: no {split!r} split (looked for {split}.jsonl/.json/.parquet/.arrow, {split}/, {split}-*; found: {present})")
+
+
+def _is_local(name: str) -> bool:
+    """A path that is (or, missing, can only be) a local file or directory rather than a hub name."""
+    return Path(name).expanduser().exists() or _looks_local(name)
 
 
 def _looks_local(name: str) -> bool:

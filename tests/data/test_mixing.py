@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -84,6 +85,18 @@ def test_a_source_draws_the_same_sample_whatever_else_is_mixed(sources):
     alone = mix([DatasetSpec(path=sources["a"], count=10)], sft_row, seed=5).rows
     beside = mix([DatasetSpec(path=sources["b"], count=3), DatasetSpec(path=sources["a"], count=10)], sft_row, seed=5).rows
     assert sorted(map(json.dumps, alone)) == sorted(json.dumps(row) for row in beside if origin(row) == "a")
+
+
+def test_a_source_draws_the_same_sample_wherever_it_sits(tmp_path, sources):
+    """The draw follows the data, not its directory: a test's temporary copy trains on what `runs/` trained on."""
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    moved = shutil.copy(sources["a"], elsewhere)
+    here = mix([DatasetSpec(path=sources["a"], count=10)], sft_row, seed=5).rows
+    there = mix([DatasetSpec(path=moved, count=10)], sft_row, seed=5).rows
+    assert here == there
+    other_seed = mix([DatasetSpec(path=moved, count=10)], sft_row, seed=6).rows
+    assert sorted(map(json.dumps, other_seed)) != sorted(map(json.dumps, there))
 
 
 def test_bad_row_error_names_file_line_and_field(tmp_path, sources):
