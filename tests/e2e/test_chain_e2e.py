@@ -96,12 +96,14 @@ def test_tiny_dpo_raises_heldout_preference_accuracy_to_90_percent(tiny_chains):
         assert (run / "plots" / "loss.png").is_file() and (run / "plots" / "accuracy.png").is_file()
 
 
-def test_tiny_instruct_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
-    """Greedy pass@1 on the chain's held-out suite, from the saved DPO and RLVR checkpoints (Instruct measured
-    +28 points in `make demo`, +18 to +23 in three CI-style runs). Think is printed, not asserted: its gain
-    depends on how far the build's DPO checkpoint fell off format. In the loop (200 prompts, 60 steps at lr 1e-4)
-    it gained +34, +36.5, +18.5, +12 and +7.5 from five builds' checkpoints (suite: +22 in `make demo`, +9 in a
-    CI-style run); math comes back with the format every time, instruction following not always."""
+def test_tiny_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
+    """Greedy pass@1 on the chain's held-out suite (100 prompts), from the saved DPO and RLVR checkpoints.
+
+    The tiny build is byte-identical wherever it is built, and every stage after it is seeded, so this is the
+    chain that was measured: Think 0.240 -> 0.460 (+22; math 0.26 -> 0.34, instruction following 0.23 -> 0.52)
+    in 283 s, Instruct 0.410 -> 0.620 (+21) in 169 s. While a source's draw still depended on its directory, each
+    test session trained on different rows, and Think's in-loop gain ranged from +7.5 to +36.5 over five of them."""
+    gains = {}
     for variant in VARIANTS:
         suite = read_json(tiny_chains / variant / EVAL_FILE)["results"]
         before, after = suite["dpo"]["metrics"], suite["rlvr"]["metrics"]
@@ -109,8 +111,8 @@ def test_tiny_instruct_rlvr_raises_heldout_pass_rate_by_15_points(tiny_chains):
         print(f"{variant} RLVR: held-out pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f} "
               f"(math {before['pass@1/math']:.3f} -> {after['pass@1/math']:.3f}, ifeval "
               f"{before['pass@1/ifeval']:.3f} -> {after['pass@1/ifeval']:.3f}) in {wall:.0f} s")
-    suite = read_json(tiny_chains / "instruct" / EVAL_FILE)["results"]
-    assert suite["rlvr"]["metrics"]["pass@1"] >= suite["dpo"]["metrics"]["pass@1"] + 0.15
+        gains[variant] = after["pass@1"] - before["pass@1"]
+    assert all(gain >= 0.15 for gain in gains.values()), gains
 
 
 def test_a_second_run_skips_every_stage(tiny_chains, tiny_dir):
