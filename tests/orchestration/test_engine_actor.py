@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import ray
 import torch
@@ -50,7 +52,11 @@ def test_killed_engine_is_detected_and_a_replacement_answers(local_ray, model_di
     actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
     assert engine_alive(actor, timeout=120)
     ray.kill(actor)
-    assert not engine_alive(actor, timeout=30)
+    # ray.kill is asynchronous: a ping sent at once can still be answered before the kill lands
+    deadline = time.monotonic() + 30
+    while engine_alive(actor, timeout=5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not engine_alive(actor, timeout=5)
     replacement = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
     assert engine_alive(replacement, timeout=120)
     ray.kill(replacement)
