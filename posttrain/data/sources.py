@@ -14,8 +14,8 @@ Then, in order:
 3. `count` / `fraction` sample the valid rows with a seed derived from the data
    seed and the source's name (`draw_key`: the file name, not where it sits),
    so a source draws the same rows whatever else is in the mixture and
-   wherever the data was built or copied to. Above the source's size the rows are repeated whole, then topped
-   up with a sample: fraction 2.5 of 10 rows is every row twice plus 5 more.
+   wherever the data was built or copied to. Above the source's size the rows
+   are repeated whole, then topped up with a sample: fraction 2.5 of 10 rows is every row twice plus 5 more.
    Sampled rows keep their file order (`posttrain.data.mixing` shuffles).
 """
 
@@ -106,7 +106,7 @@ def draw_key(spec: DatasetSpec) -> str:
     """
     if _is_local(spec.path):
         return f"{Path(spec.path).expanduser().name}[{spec.split}]"
-    return f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
+    return hub_label(spec)
 
 
 def sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
@@ -222,11 +222,16 @@ def _unreadable(files: list[Path], err: Exception) -> str:
     return f"{', '.join(map(str, files))}: cannot read: {type(cause).__name__}: {cause}"
 
 
+def hub_label(spec: DatasetSpec) -> str:
+    """A hub source as messages name it: `NAME/CONFIG[SPLIT]`."""
+    return f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
+
+
 def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
     """Rows of a hub dataset (needs network, or the datasets cache with HF_HUB_OFFLINE=1)."""
     import datasets
 
-    label = f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
+    label = hub_label(spec)
     try:
         dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
     except Exception as err:
