@@ -15,7 +15,8 @@ Then, in order:
    seed and the source's name (`draw_key`: the file name, not where it sits),
    so a source draws the same rows whatever else is in the mixture and
    wherever the data was built or copied to. Above the source's size the rows
-   are repeated whole, then topped up with a sample: fraction 2.5 of 10 rows is every row twice plus 5 more.
+   are repeated whole, then topped up with a sample: fraction 2.5 of 10 rows
+   is every row twice plus 5 more.
    Sampled rows keep their file order (`posttrain.data.mixing` shuffles).
 """
 
