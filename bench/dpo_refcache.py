@@ -3,11 +3,11 @@
     .venv/bin/python bench/dpo_refcache.py [--model DIR] [--data FILE] [--steps 20]
 
 Both modes train the same policy on the same batches with the same loss
-(`posttrain.stages.dpo_forward.dpo_loss_fn`, dpo_norm): forward and backward
+(`posttrain.objectives.dpo.dpo_loss_fn`, dpo_norm): forward and backward
 of the concatenated chosen+rejected batch, clipping, an AdamW step. The live
 mode first runs a second, frozen copy of the model over the batch to get the
 reference log-probs (what a trainer without a cache does every step); the
-cached mode reads them from `posttrain.stages.dpo_reference` (computed once
+cached mode reads them from `posttrain.data.reference_cache` (computed once
 before training, timed separately and reported). Steps alternate between the
 modes so that machine noise hits both alike; the medians are compared.
 
@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from posttrain.data.preference import collate, tokenize_pairs  # noqa: E402
-from posttrain.stages import dpo_reference as R  # noqa: E402
-from posttrain.stages.dpo_forward import dpo_loss_fn, policy_logps  # noqa: E402
+from posttrain.data import reference_cache as R  # noqa: E402
+from posttrain.objectives.dpo import dpo_loss_fn, policy_logps  # noqa: E402
 
 LOSS = dict(loss="dpo_norm", beta=5.0, gamma=0.0, label_smoothing=0.0)
 

@@ -196,8 +196,9 @@ def trl_worker(spec: dict) -> None:
     import rewards
     from posttrain.config import RolloutSection
     from posttrain.rollout.hf_engine import HFEngine
-    from posttrain.stages.rlvr_eval import heldout_prompts, read_rows, summarize
-    from posttrain.stages.rlvr_data import Group
+    from posttrain.data.rlvr import heldout_prompts
+    from posttrain.eval.heldout import read_rows, summarize
+    from posttrain.data.rlvr import Group
 
     torch.set_num_threads(os.cpu_count() or 1)
     model_path, data = spec["model"], Path(spec["data"])

@@ -63,8 +63,8 @@ def measure(mode: str, model_path: str, examples: list[dict], max_length: int, m
 
     from posttrain.config import DeepSpeedSection, LoraSection, ModelSection, OptimSection
     from posttrain.learner import Learner, LearnerSpec
-    from posttrain.stages.sft import sft_loss
-    from posttrain.stages.sft_data import batch_token_counts, collate, to_rows
+    from posttrain.objectives.sft import sft_loss
+    from posttrain.data.sft import batch_token_counts, collate, to_rows
 
     gpu = torch.cuda.is_available()
     rows = to_rows(examples, max_length, packing=mode == "packed")

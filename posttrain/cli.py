@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from posttrain.registry import Registry
@@ -36,9 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description="Post-train Olmo-3-style models: SFT -> DPO -> RLVR.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS.names():
-        if importlib.util.find_spec(COMMANDS.get(name)) is None:  # listed, but its module is not written yet
-            sub.add_parser(name, help="(not built yet)").set_defaults(_module=None)
-            continue
         module = importlib.import_module(COMMANDS.get(name))
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
@@ -48,9 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args._module is None:
-        print(f"the {args.command} command is not built yet", file=sys.stderr)
-        return 2
     return int(args._module.run(args) or 0)
 
 

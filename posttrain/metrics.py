@@ -163,6 +163,31 @@ class PhaseTimers:
         return out
 
 
+class TrainingClock:
+    """Seconds of training: the time since `start` without the spans run under `excluding` (evaluations), plus
+    `before` (the time of the runs this one resumed)."""
+
+    def __init__(self, before: float = 0.0):
+        self.before, self.started, self.excluded = before, None, 0.0
+
+    def start(self) -> None:
+        self.started, self.excluded = time.time(), 0.0
+
+    def seconds(self) -> float:
+        return self.before + (time.time() - self.started - self.excluded if self.started is not None else 0.0)
+
+    @contextlib.contextmanager
+    def excluding(self) -> Iterator[dict]:
+        """Time a span off the clock; the yielded dict gets its length under "seconds" at the end."""
+        span, began = {}, time.perf_counter()
+        try:
+            yield span
+        finally:
+            span["seconds"] = time.perf_counter() - began
+            if self.started is not None:
+                self.excluded += span["seconds"]
+
+
 def progress(total: int, *, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "step"):
     """A tqdm progress bar with ETA; a no-op bar when disabled."""
     from tqdm.auto import tqdm

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from posttrain.checkpoints import MODEL_CARD, read_json
-from posttrain.evaluation import EVAL_FILE, METRIC_LABELS
+from posttrain.eval.heldout import EVAL_FILE, METRIC_LABELS
 from posttrain.lineage import HEADLINE_METRICS, Ancestry, Step, ancestry, summarize
 
 # Recipe keys worth a line on the card, when the stage's recipe has them.
@@ -128,7 +128,7 @@ def metrics_table(steps: tuple[Step, ...]) -> list[str]:
     suite = [(s, m) for s, m in suite if m is not None]
     if suite:
         keys = [k for k in METRIC_LABELS if any(k in m for _, m in suite)]
-        lines += ["Held-out suite, the same on every checkpoint (posttrain.evaluation):", "",
+        lines += ["Held-out suite, the same on every checkpoint (posttrain.eval.heldout):", "",
                   "| metric | " + " | ".join(column(s, steps) for s, _ in suite) + " |", "|---" * (len(suite) + 1) + "|"]
         lines += [f"| {METRIC_LABELS[k]} | " + " | ".join(format_value(m.get(k, "")) for _, m in suite) + " |" for k in keys]
         lines.append("")

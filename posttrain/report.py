@@ -11,7 +11,7 @@ when the pipeline wrote them), or a directory of chains (`runs/demo/think`,
 
 Per chain: the stage table (ran or skipped, wall time, steps, checkpoint),
 the held-out metrics after each stage (the same suite on the input and on
-every stage's checkpoint, `posttrain.evaluation`: like the Olmo 3 SFT / DPO /
+every stage's checkpoint, `posttrain.eval.heldout`: like the Olmo 3 SFT / DPO /
 final tables), each stage's own final held-out numbers, the curves, and the
 lineage (input checkpoint and hash, recipe hash, data fingerprints, git
 commit, package versions). The document is built once as a list of blocks and
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Sequence
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, read_json
-from posttrain.evaluation import EVAL_FILE, METRIC_LABELS
+from posttrain.eval.heldout import EVAL_FILE, METRIC_LABELS
 from posttrain.lineage import HEADLINE_METRICS
 from posttrain.metrics import read_metrics
-from posttrain.stages.pipeline import CHAIN, PIPELINE_FILE
+from posttrain.pipeline import CHAIN, PIPELINE_FILE
 
 REPORT_MD, REPORT_HTML, ASSETS = "report.md", "report.html", "report"
 STAGE_TITLES = {"input": "input", "sft": "SFT", "dpo": "DPO", "rlvr": "RLVR (final)"}

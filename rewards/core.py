@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from posttrain.registry import Registry, UnknownNameError
+from rewards.registry import Registry, UnknownNameError
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
-from posttrain.registry import Registry
+from rewards.registry import Registry
 from rewards.core import Result, as_json, register
 from rewards import ifeval_text as tx
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, MODEL_CARD, atomic_dir, build_manifest, finalize_export, read_json, write_json_atomic
-from posttrain.evaluation import EVAL_FILE
+from posttrain.eval.heldout import EVAL_FILE
 from posttrain.lineage import ancestry
 from posttrain.model_card import render, write_model_card
 

@@ -13,10 +13,10 @@ from PIL import Image, ImageStat
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, atomic_dir, build_manifest, finalize_export, write_json_atomic
 from posttrain.cli import main
-from posttrain.evaluation import EVAL_FILE
+from posttrain.eval.heldout import EVAL_FILE
 from posttrain.metrics import MetricsLogger
 from posttrain.report import REPORT_HTML, REPORT_MD, find_chains, summary_text, write_report
-from posttrain.stages.pipeline import CHAIN, PIPELINE_FILE
+from posttrain.pipeline import CHAIN, PIPELINE_FILE
 
 STAGE_METRICS = {"sft": {"heldout_loss": 1.25, "loss": 1.1, "steps": 4},
                  "dpo": {"heldout_pref_acc": 0.81, "heldout_reward_acc": 0.77, "loss": 0.5, "steps": 4},

@@ -84,3 +84,13 @@ def overlong_filter_mask(response_mask: Tensor, truncated: Tensor) -> Tensor:
     """
     keep = (~truncated.bool()).unsqueeze(-1)  # (N, 1)
     return response_mask * keep.to(response_mask.dtype)
+
+
+def select_groups(equal: Tensor, prompts_per_step: int, filter_equal: bool) -> Tensor:
+    """(P,) bool: the groups an update uses. Filtering drops equal-reward groups and keeps at most
+    `prompts_per_step` informative ones, the first in draw order (active sampling may have drawn more)."""
+    if not filter_equal:
+        return torch.ones_like(equal)
+    keep = ~equal
+    surplus = keep.cumsum(0) > prompts_per_step
+    return keep & ~surplus

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from posttrain.commands._stage import NOT_BUILT, stage_module
 from posttrain.commands.pipeline import VARIANTS
 
 HELP = "build the tiny default (if missing), run the Think and Instruct chains on it on the CPU, write a report"
@@ -54,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"== building the tiny default in {tiny_dir} ...", flush=True)
         tiny.build(tiny_dir, seed=args.seed)
-    pipeline = stage_module("pipeline")
-    if pipeline is None:
-        print("the pipeline is not built yet: the tiny default is ready, the chains cannot run", file=sys.stderr)
-        return NOT_BUILT
+    from posttrain import pipeline
+
     relocations = () if tiny_dir == pipeline.TINY_ROOT else (pipeline.Relocation(pipeline.TINY_ROOT, tiny_dir),)
     try:
         for variant in VARIANTS:
@@ -65,9 +62,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n== {variant} chain -> {run_dir / variant}", flush=True)
             pipeline.run(variant=variant, recipes=RECIPES / variant, base=base, run_dir=run_dir / variant,
                          overrides=tuple(args.overrides), relocations=relocations, eval_size=args.eval_size)
-    except pipeline.StageNotBuilt as err:
-        print(err, file=sys.stderr)
-        return NOT_BUILT
     except pipeline.PipelineError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ manifest.json, plots). The SFT input is `--base`, or for Instruct the Think
 chain's SFT checkpoint (`--think-run DIR`, as in Olmo 3), or else the SFT
 recipe's `model.path`. A rerun skips the stages whose inputs are unchanged;
 `--from STAGE` reruns that stage and the ones after it. The chain lives in
-`posttrain.stages.pipeline`.
+`posttrain.pipeline`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posttrain.commands._stage import NOT_BUILT, STAGES, stage_module
+from posttrain.stages import CHAIN
 
 HELP = "run SFT -> DPO -> RLVR for one variant (think or instruct), each stage reading the last one's checkpoint"
 VARIANTS = ("think", "instruct")
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="instruct: start the SFT from the Think chain's SFT checkpoint DIR/sft/checkpoint, as Olmo 3 does")
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="write RUN_DIR/sft, RUN_DIR/dpo, RUN_DIR/rlvr")
     parser.add_argument("--tiny", metavar="DIR", help="read the tiny default from DIR: recipe paths under runs/tiny/ move under DIR/")
-    parser.add_argument("--from", dest="start", choices=STAGES, default=None,
+    parser.add_argument("--from", dest="start", choices=CHAIN, default=None,
                         help="rerun this stage and every later one (earlier checkpoints must exist); "
                              "default: run the stages whose inputs changed, skip the others")
     parser.add_argument("--eval-size", type=int, default=200, metavar="N",
@@ -45,10 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pipeline = stage_module("pipeline")
-    if pipeline is None:
-        print("the pipeline is not built yet", file=sys.stderr)
-        return NOT_BUILT
+    from posttrain import pipeline
+
     recipes = Path(args.recipes) if args.recipes else DEFAULT_RECIPES / args.variant
     relocations = (pipeline.Relocation(pipeline.TINY_ROOT, Path(args.tiny)),) if args.tiny else ()
     try:
@@ -68,9 +66,6 @@ def run(args: argparse.Namespace) -> int:
             relocations=relocations,
             eval_size=args.eval_size,
         )
-    except pipeline.StageNotBuilt as err:
-        print(err, file=sys.stderr)
-        return NOT_BUILT
     except pipeline.PipelineError as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2

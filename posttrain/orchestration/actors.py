@@ -243,10 +243,10 @@ class ReferencePolicy:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
 
     def logprobs(self, batches: Sequence[Any], temperature: float = 1.0) -> list:
-        """(N, Tr) float32 response log-probs per `RolloutBatch`, as `posttrain.stages.rlvr_forward` computes them."""
+        """(N, Tr) float32 response log-probs per `RolloutBatch`, as `posttrain.objectives.rlvr` computes them."""
         import torch
 
-        from posttrain.stages.rlvr_forward import response_logprobs
+        from posttrain.objectives.rlvr import response_logprobs
 
         with torch.no_grad():
             return [response_logprobs(self.model, b.to(self.device), temperature=temperature) for b in batches]

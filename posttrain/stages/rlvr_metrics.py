@@ -30,8 +30,8 @@ from collections import defaultdict
 from typing import Sequence
 
 from posttrain.data.chat import is_well_formed
-from posttrain.stages.rlvr_data import Group
-from posttrain.stages.rlvr_eval import PASS
+from posttrain.data.rlvr import Group
+from posttrain.eval.heldout import PASS
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

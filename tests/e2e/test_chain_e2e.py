@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, MODEL_CARD, directory_hash, is_complete_export, read_json
-from posttrain.evaluation import EVAL_FILE
+from posttrain.eval.heldout import EVAL_FILE
 from posttrain.metrics import read_metrics
 from posttrain.report import REPORT_HTML, REPORT_MD
-from posttrain.stages.pipeline import CHAIN, PIPELINE_FILE
+from posttrain.pipeline import CHAIN, PIPELINE_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from posttrain.config import DeepSpeedSection, LoraSection, ModelSection, OptimS
 from posttrain.data.packing import collate_padded
 from posttrain.learner import Learner, LearnerSpec
 from posttrain.learner.core import param_groups
-from posttrain.stages.sft import sft_loss
+from posttrain.objectives.sft import sft_loss
 
 
 def micro_model(path) -> str:

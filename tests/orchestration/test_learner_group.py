@@ -16,7 +16,7 @@ from posttrain.data.packing import collate_padded
 from posttrain.learner import Learner, LearnerSpec
 from posttrain.orchestration.cluster import ClusterResourceError, init_ray
 from posttrain.orchestration.learner_group import LearnerGroup
-from posttrain.stages.sft import sft_loss
+from posttrain.objectives.sft import sft_loss
 
 pytestmark = pytest.mark.slow
 

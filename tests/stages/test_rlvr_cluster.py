@@ -30,7 +30,7 @@ def test_rlvr_runs_across_two_nodes_and_refuses_what_no_node_can_hold(tmp_path):
 
     from posttrain.orchestration.cluster import ClusterResourceError, init_ray
     from posttrain.stages import rlvr
-    from posttrain.stages.rlvr_topology import check_resources
+    from posttrain.orchestration.topology import check_resources
 
     paths = rlvr_toy.build(tmp_path / "toy")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

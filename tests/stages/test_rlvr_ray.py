@@ -44,9 +44,9 @@ def local_ray():
 
 def queue_for(config, prompts):
     """Engines, reward workers and a generation queue over `prompts` (no learner)."""
-    from posttrain.stages.rlvr_data import PromptStream
-    from posttrain.stages.rlvr_rollouts import RolloutQueue
-    from posttrain.stages.rlvr_topology import EnginePool, RewardPool
+    from posttrain.data.rlvr import PromptStream
+    from posttrain.orchestration.rollout_queue import RolloutQueue
+    from posttrain.orchestration.topology import EnginePool, RewardPool
 
     engines, scorers = EnginePool(config, config.model.path), RewardPool(config)
     engines.wait_ready()
@@ -62,7 +62,7 @@ def queue_for(config, prompts):
 def encoded(config, rows):
     from transformers import AutoTokenizer
 
-    from posttrain.stages.rlvr_data import encode_prompts
+    from posttrain.data.rlvr import encode_prompts
 
     return encode_prompts(rows, AutoTokenizer.from_pretrained(config.model.path), 64)[0]
 
@@ -95,7 +95,7 @@ def test_synchronous_steps_are_on_policy_and_asynchronous_ones_one_step_behind(t
 def test_a_killed_engine_is_restarted_and_its_prompts_generated_again(toy, local_ray):
     import ray
 
-    from posttrain.stages.rlvr_data import PromptStream
+    from posttrain.data.rlvr import PromptStream
 
     config = rlvr_toy.recipe(toy, Path("unused"), **{"grpo.max_async_steps": 1, "grpo.steps": 3})
     prompts = encoded(config, [{"messages": [{"role": "user", "content": f"What is {i} plus 1?"}],
@@ -140,7 +140,7 @@ def test_verifier_errors_crashes_and_timeouts_score_zero_and_are_counted(toy, lo
 
 def test_a_recipe_that_does_not_fit_the_cluster_fails_naming_what_is_missing(toy, local_ray):
     from posttrain.orchestration.cluster import ClusterResourceError
-    from posttrain.stages.rlvr_topology import check_resources
+    from posttrain.orchestration.topology import check_resources
 
     config = rlvr_toy.recipe(toy, Path("unused"), **{"rollout.num_engines": 8, "verifiers.cpus_per_worker": 0.5})
     with pytest.raises(ClusterResourceError) as err:

@@ -131,7 +131,7 @@ def eval_loss_fn(model, batch: PreferenceBatch, *, pad_id: int, **loss_kwargs) -
 
 
 def reference_fn(model, batch: PreferenceBatch, *, pad_id: int) -> dict[str, list]:
-    """Reference log-probs of one batch for `posttrain.stages.dpo_reference.from_results`."""
+    """Reference log-probs of one batch for `posttrain.data.reference_cache.from_results`."""
     chosen, rejected = policy_logps(model, batch, pad_id)
     return {"index": batch.example_index.tolist(), "chosen": chosen.float().cpu().tolist(),
             "rejected": rejected.float().cpu().tolist()}

@@ -1,5 +1,7 @@
 """RLVR data: prompts in, typed batches out.
 
+- `load_prompts(config, tokenizer, verifiers)`: a recipe's training mixture
+  and held-out rows, checked row by row, as prompts.
 - `encode_prompts(rows, tokenizer, max_prompt_length)`: RLVR rows
   (`messages`, `ground_truth`, `verifier`) -> `Prompt`s, the chat template's
   generation prompt tokenized and left-truncated (the end of a prompt, where
@@ -13,7 +15,8 @@
 - `score_groups(groups, ...)`: rewards (with the optional soft overlong
   penalty and format bonus) -> group-relative advantages and the
   equal-reward mask, through the registered pure functions of
-  `posttrain.algorithms.advantages`.
+  `posttrain.algorithms.advantages`; `score_step(groups, config)` with the
+  recipe's settings.
 - `rollout_batch(samples, pad_id)`: samples -> one `RolloutBatch` (prompts
   left-padded, responses right-padded to the longest in the batch).
 - `plan_update(...)`: a step's samples -> [minibatch][rank][micro-batch] of
@@ -23,16 +26,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from posttrain.algorithms.advantages import ADVANTAGES, equal_reward_groups, overlong_filter_mask, soft_overlong_penalty
 from posttrain.algorithms.masked import AGGREGATIONS
+from posttrain.config import RLVRConfig
 from posttrain.data.batches import RolloutBatch
 from posttrain.data.chat import generation_prompt, is_well_formed
+from posttrain.data.mixing import Mixture, mix_section
+from posttrain.data.schemas import rlvr_row_validator
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,40 @@ def encode_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int) -> t
             ids, truncated = ids[-max_prompt_length:], truncated + 1
         prompts.append(Prompt(index, list(ids), row["verifier"], row["ground_truth"]))
     return prompts, truncated
+
+
+def heldout_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int, max_prompts: int | None) -> list[Prompt]:
+    """The first `max_prompts` held-out rows (file order) as prompts."""
+    rows = list(rows)[:max_prompts] if max_prompts else list(rows)
+    return encode_prompts(rows, tokenizer, max_prompt_length)[0]
+
+
+@dataclass
+class PromptData:
+    """A recipe's RLVR prompts: the training mixture encoded, and the held-out prompts the loop evaluates on."""
+
+    prompts: list[Prompt]
+    heldout: list[Prompt]
+    truncated: int  # training prompts left-truncated to `rollout.max_prompt_length`
+    fingerprint: str  # of the training rows: a resume must see the same
+    mixture: Mixture
+
+    def report(self) -> dict:
+        return {"prompts": len(self.prompts), "prompts_truncated": self.truncated, "heldout": len(self.heldout),
+                "sources": self.mixture.counts(), "skipped_bad_rows": self.mixture.skipped,
+                "fingerprint": self.fingerprint}
+
+
+def load_prompts(config: RLVRConfig, tokenizer, verifiers: Sequence[str]) -> PromptData:
+    """The recipe's training and held-out prompts; every row's verifier must be one of `verifiers`."""
+    validate = rlvr_row_validator(verifiers)
+    rollout = config.rollout
+    mixture = mix_section(config.data, validate, "train")
+    prompts, truncated = encode_prompts(mixture.rows, tokenizer, rollout.max_prompt_length)
+    fingerprint = hashlib.sha256(json.dumps(mixture.rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    heldout = heldout_prompts(mix_section(config.data, validate, "heldout").rows, tokenizer, rollout.max_prompt_length,
+                              config.eval.max_prompts) if config.data.heldout else []
+    return PromptData(prompts, heldout, truncated, fingerprint, mixture)
 
 
 class PromptStream:
@@ -132,6 +174,26 @@ def score_groups(groups: Sequence[Group], *, advantage: str, overlong: str, over
     if format_reward:
         rewards = rewards + format_reward * well_formed(groups, style)
     return Scored(rewards, ADVANTAGES.get(advantage)(rewards), equal_reward_groups(rewards))
+
+
+def score_step(groups: Sequence[Group], config: RLVRConfig) -> Scored:
+    """`score_groups` with the recipe's reward shaping and advantage estimator."""
+    grpo = config.grpo
+    return score_groups(groups, advantage=grpo.advantage, overlong=grpo.overlong, overlong_buffer=grpo.overlong_buffer,
+                        max_response_length=config.rollout.max_response_length, format_reward=grpo.format_reward,
+                        style=config.variant)
+
+
+def informative_groups(config: RLVRConfig) -> Callable[[Sequence[Group]], list[bool]]:
+    """groups -> [bool]: which groups carry a gradient (not all rewards equal, as `score_step` sees them); every
+    group when `grpo.filter_equal_groups` is off. Active sampling counts these."""
+
+    def informative(groups: Sequence[Group]) -> list[bool]:
+        if not config.grpo.filter_equal_groups:
+            return [True] * len(groups)
+        return (~score_step(groups, config).equal).tolist()
+
+    return informative
 
 
 def well_formed(groups: Sequence[Group], style: str) -> torch.Tensor:

@@ -50,11 +50,10 @@ from typing import Callable, Iterable, Sequence
 from posttrain.checkpoints import (
     EXPORT_DIR, MANIFEST, checkpoint_hash, data_source_fingerprints, is_complete_export, read_json, write_json_atomic,
 )
-from posttrain.commands._stage import STAGES, stage_module
 from posttrain.config import RecipeError, StageConfig, load_recipe, to_dict
 from posttrain.registry import Registry
+from posttrain.stages import CHAIN, driver
 
-CHAIN = STAGES  # ("sft", "dpo", "rlvr"): the order of the chain
 PIPELINE_FILE = "pipeline.json"
 TINY_ROOT = Path("runs/tiny")  # where the tiny recipes expect the tiny default
 # Recipe keys that cannot change what a stage computes: left out of the skip rule's recipe hash.
@@ -68,10 +67,6 @@ class PipelineError(RuntimeError):
     """The chain cannot run as asked; the message says which stage and file, and what to do."""
 
 
-class StageNotBuilt(PipelineError):
-    """A stage of the chain has no driver yet."""
-
-
 class ModuleDriver:
     """The real driver of a stage: `posttrain.stages.<stage>.run(config, resume=False)`, imported when first run."""
 
@@ -79,14 +74,11 @@ class ModuleDriver:
         self.stage = stage
 
     def __call__(self, config: StageConfig) -> Path:
-        module = stage_module(self.stage)
-        if module is None:
-            raise StageNotBuilt(f"the {self.stage} stage is not built yet")
         from posttrain.orchestration.cluster import init_ray
 
         # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain.
         init_ray(config.distributed.ray_address)
-        return Path(module.run(config, resume=False))
+        return Path(driver(self.stage)(config, resume=False))
 
     def __repr__(self) -> str:
         return f"ModuleDriver({self.stage!r})"
@@ -258,7 +250,7 @@ def run(
 
     start: None runs every stage whose inputs changed; a stage name reruns it and every later stage.
     drivers: the stage drivers by name (default: `DRIVERS`, the real stages).
-    eval_size: > 0 runs the held-out suite of `posttrain.evaluation` (up to that many RLVR prompts and
+    eval_size: > 0 runs the held-out suite of `posttrain.eval.heldout` (up to that many RLVR prompts and
         DPO pairs) on the input and on every stage's checkpoint, into RUN_DIR/eval.json.
     """
     drivers = DRIVERS if drivers is None else drivers
@@ -299,13 +291,13 @@ def _ray_is_up() -> bool:
 
 def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], size: int) -> dict:
     """The held-out suite on the chain's input (when local) and on each stage's checkpoint: RUN_DIR/eval.json."""
-    from posttrain import evaluation
+    from posttrain.eval import heldout
 
-    suite = evaluation.build_suite(variant, configs.get("rlvr"), configs.get("dpo"), size)
+    suite = heldout.build_suite(variant, configs.get("rlvr"), configs.get("dpo"), size)
     first = configs[CHAIN[0]].model.path
     checkpoints = {"input": first} if Path(first).is_dir() else {}
     checkpoints.update({stage: Path(config.output.dir) / EXPORT_DIR for stage, config in configs.items()})
-    return evaluation.evaluate_chain(run_dir, checkpoints, suite)
+    return heldout.evaluate_chain(run_dir, checkpoints, suite)
 
 
 def decide(stage: str, start: str | None) -> str:

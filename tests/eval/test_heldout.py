@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from posttrain import evaluation as E
+from posttrain.eval import heldout as E
 from posttrain.checkpoints import read_json
-from posttrain.stages import pipeline as P
+from posttrain import pipeline as P
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def configs(tiny_dir: Path, variant: str = "think") -> dict:

@@ -17,8 +17,8 @@ from posttrain.config import validate
 from posttrain.data.batches import IGNORE_INDEX
 from posttrain.data.chat import think_content
 from posttrain.data.sources import DataError
-from posttrain.stages import sft_data as D
-from posttrain.stages.sft import check_resumable, plan_summary
+from posttrain.data import sft as D
+from posttrain.data.step_plan import check_resumable
 from posttrain.tiny.tokenizer import train_tokenizer
 
 
@@ -210,9 +210,8 @@ def test_an_idle_rank_gets_an_empty_micro_batch_without_loss(tokenizer):
 
 def test_resume_refuses_other_data_or_another_plan():
     plan = D.StepPlan(num_rows=10, rows_per_step=2, micro_batch_size=1, world_size=1, epochs=1, seed=0)
-    report = D.DataReport(fingerprint="abc")
-    check_resumable({"data_fingerprint": "abc", "plan": plan_summary(plan)}, plan, report)
+    check_resumable({"data_fingerprint": "abc", "plan": plan.summary()}, plan, "abc")
     with pytest.raises(RuntimeError, match="training data differ"):
-        check_resumable({"data_fingerprint": "xyz", "plan": plan_summary(plan)}, plan, report)
+        check_resumable({"data_fingerprint": "xyz", "plan": plan.summary()}, plan, "abc")
     with pytest.raises(RuntimeError, match="step plan differs"):
-        check_resumable({"data_fingerprint": "abc", "plan": {**plan_summary(plan), "world_size": 2}}, plan, report)
+        check_resumable({"data_fingerprint": "abc", "plan": {**plan.summary(), "world_size": 2}}, plan, "abc")

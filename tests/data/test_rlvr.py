@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from posttrain.algorithms.masked import token_mean
-from posttrain.stages.rlvr import select_groups
-from posttrain.stages.rlvr_data import (
+from posttrain.algorithms.advantages import select_groups
+from posttrain.data.rlvr import (
     Group, Prompt, PromptStream, Sample, encode_prompts, plan_update, rollout_batch, score_groups, step_samples,
 )
-from posttrain.stages.rlvr_forward import policy_loss_fn, response_logprobs
+from posttrain.objectives.rlvr import policy_loss_fn, response_logprobs
 from posttrain.stages.rlvr_metrics import update_metrics
 from posttrain.tiny.model import tiny_config
 from posttrain.tiny.tokenizer import train_tokenizer

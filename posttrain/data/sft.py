@@ -15,11 +15,8 @@
 4. `sft.packing: true` packs examples into rows of at most max_length tokens
    (best-fit decreasing; positions restart per document so no attention
    crosses documents, `posttrain.data.packing`); false: one example per row.
-5. `StepPlan` fixes, for every optimizer step, which rows it trains on:
-   rows are shuffled per epoch with the data seed, a step takes the next
-   `rows_per_step` rows, and splits them round-robin over ranks and into
-   micro-batches. The plan is a pure function of (data, seed, step), so the
-   data position of a resumed run is just its step number.
+5. `StepPlan` (`posttrain.data.step_plan`) fixes, for every optimizer step,
+   which rows it trains on; `step_batches` collates them.
 
 Batch size: `batch.sequences` rows per step, or `batch.tokens` / max_length
 rows (a packed row holds up to max_length tokens, so this is the token
@@ -31,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -43,6 +39,7 @@ from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, render_with_spans, toke
 from posttrain.data.mixing import Mixture, mix_section
 from posttrain.data.packing import PackedSequence, collate_packed, collate_padded, pack_examples
 from posttrain.data.schemas import all_of, sft_row
+from posttrain.data.step_plan import StepPlan
 
 
 def nonempty_content(row: dict) -> str | None:
@@ -169,51 +166,6 @@ def rows_per_step(config: SFTConfig) -> int:
     if config.batch.sequences is not None:
         return config.batch.sequences
     return math.ceil(config.batch.tokens / config.data.max_length)
-
-
-@dataclass
-class StepPlan:
-    """Which rows each optimizer step trains on, per rank and micro-batch (see module docstring)."""
-
-    num_rows: int
-    rows_per_step: int
-    micro_batch_size: int
-    world_size: int
-    epochs: float
-    seed: int
-    max_steps: int | None = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_rows / self.rows_per_step)
-
-    @property
-    def total_steps(self) -> int:
-        total = math.ceil(self.epochs * self.steps_per_epoch)
-        return min(total, self.max_steps) if self.max_steps else total
-
-    @property
-    def accumulation(self) -> int:
-        return math.ceil(self.rows_per_step / (self.micro_batch_size * self.world_size))
-
-    def order(self, epoch: int) -> list[int]:
-        order = list(range(self.num_rows))
-        random.Random(f"{self.seed}|epoch{epoch}").shuffle(order)
-        return order
-
-    def step_rows(self, step: int) -> list[int]:
-        """Row indices of optimizer step `step` (0-based)."""
-        epoch, within = divmod(step, self.steps_per_epoch)
-        start = within * self.rows_per_step
-        return self.order(epoch)[start:start + self.rows_per_step]
-
-    def rank_micro_batches(self, step: int) -> list[list[list[int]]]:
-        """[rank][micro-batch] -> row indices; every rank gets the same number of micro-batches (some may be empty)."""
-        rows = self.step_rows(step)
-        per_rank = [rows[r::self.world_size] for r in range(self.world_size)]
-        count = max(1, max(math.ceil(len(p) / self.micro_batch_size) for p in per_rank))
-        mbs = self.micro_batch_size
-        return [[part[i * mbs:(i + 1) * mbs] for i in range(count)] for part in per_rank]
 
 
 def step_batches(plan: StepPlan, rows: Sequence, step: int, pad_token_id: int) -> list[list[SFTBatch]]:

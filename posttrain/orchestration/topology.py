@@ -167,17 +167,30 @@ class RewardPool:
             remove_placement_group(self.group)
 
 
-def spawn_reference(config: RLVRConfig, model_path: str):
+class Reference:
+    """The frozen reference policy actor (KL term) and its placement group."""
+
+    def __init__(self, actor, group):
+        self.actor, self.group = actor, group
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        ray.kill(self.actor)
+        remove_placement_group(self.group)
+
+
+def spawn_reference(config: RLVRConfig, model_path: str) -> Reference | None:
     """The frozen reference policy (KL term), in its own bundle; None when `grpo.kl_coef` is 0."""
     bundles = role_bundles(config).get("reference")
     if not bundles:
-        return None, None
+        return None
     group = reserve(bundles, "reference policy")
     actor = ray.remote(ReferencePolicy).options(
         num_cpus=bundles[0]["CPU"], num_gpus=bundles[0].get("GPU", 0.0), scheduling_strategy=_in_bundle(group, 0),
         runtime_env={"env_vars": worker_env()},
     ).remote(model_path, config.model.dtype, int(bundles[0]["CPU"]))
-    return actor, group
+    return Reference(actor, group)
 
 
 def placement(**groups) -> dict[str, list[str]]:

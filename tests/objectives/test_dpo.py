@@ -10,8 +10,8 @@ import torch
 
 from posttrain.algorithms.losses import PREFERENCE_LOSSES
 from posttrain.data.preference import collate, filler, tokenize_pairs
-from posttrain.stages import dpo_reference as R
-from posttrain.stages.dpo_forward import dpo_loss_fn, eval_loss_fn, means, needs_reference, policy_logps, reference_fn
+from posttrain.data import reference_cache as R
+from posttrain.objectives.dpo import dpo_loss_fn, eval_loss_fn, means, needs_reference, policy_logps, reference_fn
 from posttrain.tiny.model import tiny_config
 from posttrain.tiny.tokenizer import train_tokenizer
 

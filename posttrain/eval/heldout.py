@@ -1,42 +1,48 @@
-"""One held-out suite run on a chain's input and on every stage's checkpoint: the report's main table.
+"""Held-out evaluation: pass@1 per verifier, in the RLVR loop and on saved checkpoints.
 
-The stages each measure themselves (SFT held-out loss, DPO held-out
-preference accuracy, RLVR held-out pass@1), but on different checkpoints. To
-see what each stage did, as Olmo 3's SFT / DPO / final tables do, the same
-suite runs on every checkpoint of the chain:
+A response passes when its verifier scores it 1 (a math answer equal to the
+label; every IFEval constraint of the prompt satisfied); the mean score is
+reported beside it (partial credit of multi-constraint prompts).
 
-- `pass@1`, `pass@1/<verifier>`: one greedy response to each held-out RLVR
-  prompt (the RLVR recipe's `data.heldout`, the first `size`), passing
-  when its verifier scores it 1 (`posttrain.stages.rlvr_eval`);
-- `format`: share of those responses in the variant's shape
-  (`posttrain.data.chat.is_well_formed`: a leading think block then an
-  answer for Think, no think block for Instruct) that also stopped by
-  themselves rather than at the token limit;
-- `response_tokens`: their mean length;
-- `pref_acc`: share of held-out DPO pairs (the DPO recipe's `data.heldout`,
-  the first `size`) whose chosen response has the higher per-token log-prob under the
-  checkpoint, the model's own preference (as `heldout_pref_acc` in DPO).
+- In the loop: the RLVR stage generates on its engines
+  (`RolloutQueue.evaluate`) before training, every `eval.every` steps and at
+  the end; `summarize` turns the scored groups into `eval/pass@1`,
+  `eval/score` and the same per verifier (`eval/pass@1/math`, ...).
+- On checkpoints: the suite a chain's recipes define (`build_suite`) runs
+  on the chain's input and on every stage's checkpoint, in this process on
+  `transformers` (no Ray), into RUN_DIR/eval.json (`evaluate_chain`), cached
+  by checkpoint content hash and suite fingerprint. Its metrics:
+  - `pass@1`, `pass@1/<verifier>`: one greedy response to each held-out RLVR
+    prompt (the RLVR recipe's `data.heldout`, the first `size`);
+  - `format`: share of those responses in the variant's shape
+    (`posttrain.data.chat.is_well_formed`) that also stopped by themselves;
+  - `response_tokens`, `truncated`: their mean length, the share cut at the limit;
+  - `pref_acc`: share of held-out DPO pairs (the DPO recipe's `data.heldout`,
+    the first `size`) whose chosen response has the higher per-token
+    log-prob under the checkpoint (as `heldout_pref_acc` in DPO).
 
-Results are cached in `RUN_DIR/eval.json` by checkpoint content hash and
-suite fingerprint, so a rerun that skips stages also skips their evaluation.
-Everything runs in this process on `transformers` (no Ray): seconds per
-checkpoint on the tiny model.
+One checkpoint from the command line:
+
+    python -m posttrain.eval.heldout CHECKPOINT HELDOUT.jsonl [--variant think] [--max-prompts N] [--max-tokens T]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from posttrain.checkpoints import checkpoint_hash, read_json, write_json_atomic
 from posttrain.config import DPOConfig, RLVRConfig
+from posttrain.data.rlvr import Group, heldout_prompts
 
+PASS = 1.0 - 1e-6  # a score at or above this is a pass
 EVAL_FILE = "eval.json"
-PASS = 1.0 - 1e-6  # a verifier score at or above this is a pass (as in RLVR's held-out pass@1)
 
 # Metrics of the suite in the order the report shows them, with their labels; per-verifier pass@1 added live.
 METRIC_LABELS = {
@@ -48,6 +54,32 @@ METRIC_LABELS = {
     "response_tokens": "mean response tokens",
     "truncated": "responses cut at the limit",
 }
+
+
+def pass_rates(by_verifier: Mapping[str, Sequence[float]], prefix: str = "") -> dict[str, float]:
+    """pass@1 and mean score over all scores, and per verifier; plus the count."""
+    everything = [score for scores in by_verifier.values() for score in scores]
+    out = {f"{prefix}pass@1": _pass(everything), f"{prefix}score": _mean(everything), f"{prefix}count": len(everything)}
+    for name, scores in sorted(by_verifier.items()):
+        out[f"{prefix}pass@1/{name}"] = _pass(scores)
+        out[f"{prefix}score/{name}"] = _mean(scores)
+    return out
+
+
+def summarize(groups: Sequence[Group], prefix: str = "eval/") -> dict[str, float]:
+    """`pass_rates` of scored groups' responses, by the verifier each prompt names."""
+    by_verifier: dict[str, list[float]] = defaultdict(list)
+    for group in groups:
+        by_verifier[group.verifier_name].extend(group.rewards)
+    return pass_rates(by_verifier, prefix)
+
+
+def _pass(scores: Sequence[float]) -> float:
+    return sum(s >= PASS for s in scores) / len(scores) if scores else float("nan")
+
+
+def _mean(scores: Sequence[float]) -> float:
+    return sum(scores) / len(scores) if scores else float("nan")
 
 
 @dataclass(frozen=True)
@@ -95,40 +127,35 @@ def evaluate(checkpoint: str | Path, suite: Suite) -> dict[str, float]:
     return metrics
 
 
-def generation_metrics(checkpoint: str | Path, suite: Suite) -> dict[str, float]:
+def generation_metrics(checkpoint: str | Path, suite: Suite, engine: str = "hf") -> dict[str, float]:
+    """One greedy response per suite prompt from a local engine, scored by each prompt's verifier."""
     import rewards
     from transformers import AutoTokenizer
 
     from posttrain.config import RolloutSection
     from posttrain.data.chat import is_well_formed
     from posttrain.rollout import build_engine
-    from posttrain.stages.rlvr_eval import heldout_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     prompts = heldout_prompts(suite.prompt_rows, tokenizer, suite.max_prompt_length, None)
-    options = RolloutSection(engine="hf", max_response_length=suite.max_tokens, max_prompt_length=suite.max_prompt_length)
-    engine = build_engine(str(checkpoint), options, seed=0)
+    options = RolloutSection(engine=engine, max_response_length=suite.max_tokens, max_prompt_length=suite.max_prompt_length)
+    model = build_engine(str(checkpoint), options, seed=0)
     try:
-        completions = engine.generate([p.ids for p in prompts], 1, temperature=0.0, max_tokens=suite.max_tokens, seed=0)
+        completions = model.generate([p.ids for p in prompts], 1, temperature=0.0, max_tokens=suite.max_tokens, seed=0)
     finally:
-        engine.close()
+        model.close()
     items = [{"verifier": prompts[c.prompt_index].verifier, "prediction": c.text,
               "label": prompts[c.prompt_index].ground_truth} for c in completions]
     scores = [r.score for r in rewards.score_batch(items, max_workers=1, timeout=10.0)]
-    by_verifier: dict[str, list[float]] = {}
-    for completion, score in zip(completions, scores):
-        by_verifier.setdefault(_verifier_name(prompts[completion.prompt_index].verifier), []).append(score)
+    groups = [Group(prompt=prompts[c.prompt_index], response_ids=[c.token_ids], engine_logprobs=[c.logprobs],
+                    truncated=[c.finish_reason == "length"], version=0, rewards=[score], texts=[c.text])
+              for c, score in zip(completions, scores)]
+    out = {k: v for k, v in summarize(groups, prefix="").items() if k.startswith("pass@1")}
     n = max(len(completions), 1)
-    out = {"pass@1": sum(s >= PASS for s in scores) / n}
-    out.update({f"pass@1/{name}": sum(s >= PASS for s in v) / len(v) for name, v in sorted(by_verifier.items())})
     out["format"] = sum(c.finish_reason == "stop" and is_well_formed(c.text, suite.variant) for c in completions) / n
     out["response_tokens"] = sum(len(c.token_ids) for c in completions) / n
     out["truncated"] = sum(c.finish_reason == "length" for c in completions) / n
     return out
-
-
-def _verifier_name(verifier) -> str:
-    return verifier if isinstance(verifier, str) else "+".join(map(str, verifier))
 
 
 def preference_metrics(checkpoint: str | Path, dpo: DPOConfig, max_pairs: int | None = None,
@@ -137,7 +164,7 @@ def preference_metrics(checkpoint: str | Path, dpo: DPOConfig, max_pairs: int | 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.data.preference import collate, load_pairs
-    from posttrain.stages.dpo_forward import policy_logps
+    from posttrain.objectives.dpo import policy_logps
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -178,3 +205,28 @@ def evaluate_chain(run_dir: str | Path, checkpoints: Mapping[str, str | Path], s
     write_json_atomic(path, content)
     return content
 
+
+def read_rows(path: str | Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="held-out pass@1 of a checkpoint, per verifier")
+    parser.add_argument("checkpoint")
+    parser.add_argument("heldout", help="RLVR rows (.jsonl): messages, ground_truth, verifier")
+    parser.add_argument("--variant", choices=("think", "instruct"), default="think", help="the shape `format` checks")
+    parser.add_argument("--max-prompts", type=int)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-prompt-length", type=int, default=2048)
+    parser.add_argument("--engine", default="hf")
+    args = parser.parse_args(argv)
+    rows = read_rows(args.heldout)
+    suite = Suite(args.variant, tuple(rows[:args.max_prompts] if args.max_prompts else rows), None,
+                  len(rows), args.max_tokens, args.max_prompt_length)
+    print(json.dumps(generation_metrics(args.checkpoint, suite, engine=args.engine), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

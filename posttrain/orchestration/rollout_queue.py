@@ -43,8 +43,8 @@ from typing import Any, Callable, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from posttrain.stages.rlvr_data import Group, Prompt, PromptStream
-from posttrain.stages.rlvr_topology import EnginePool, RewardPool
+from posttrain.data.rlvr import Group, Prompt, PromptStream
+from posttrain.orchestration.topology import EnginePool, RewardPool
 
 MAX_REQUEST_RETRIES = 3  # resubmissions of one request after its engine died
 

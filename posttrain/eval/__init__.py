@@ -1,0 +1,1 @@
+"""Held-out evaluation of checkpoints and of the RLVR policy in the loop."""
