@@ -8,8 +8,8 @@ of each, in a random order. Model: the tiny Olmo-3 architecture (hidden 256,
 4 layers, vocab 2048), randomly initialised, float32, on the CPU (or the
 GPU when there is one).
 
-Both sides train through the SFT stage's own path (`sft_data.to_rows` ->
-`sft_data.collate` -> `Learner.train_step` with the SFT loss) over the same
+Both sides train through the SFT stage's own path (`posttrain.data.sft.to_rows`
+-> `collate` -> `Learner.train_step` with the SFT loss) over the same
 examples, once each, `--micro-batch` rows per micro-batch and one optimizer
 step per micro-batch. Each side runs in a fresh subprocess so that its peak
 memory is its own (resident set on the CPU, `max_memory_allocated` on a GPU).

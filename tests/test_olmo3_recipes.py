@@ -1,6 +1,6 @@
 """The Olmo 3 recipes carry the published settings.
 
-`PUBLISHED` transcribes the tables of olmo3-reference.md (the Olmo 3 technical
+`PUBLISHED` transcribes the published settings (the Olmo 3 technical
 report, arXiv 2512.13961, and AllenAI's scripts): one row per value per recipe.
 A "Common" value of a stage is one row for each recipe of that stage. Each row
 is its own test, so a failure names the recipe, the key, the recipe's value and

@@ -14,7 +14,7 @@ rescales it. DeepSpeed runs with `managed_gradient_accumulation: false`: its
 micro-batches (the last step of an epoch holds fewer).
 
 DeepSpeed on CPU uses gloo and JIT-builds a small shared-memory op on its
-first initialisation on a machine (about 2.5 minutes on 2 cores, cached in
+first initialisation on a machine (a few minutes on 2 cores, cached in
 ~/.cache/torch_extensions).
 """
 

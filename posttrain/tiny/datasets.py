@@ -10,8 +10,8 @@ The knobs in `DataConfig` shape what later stages can learn. The main one is
 `ifeval_lapse`: the chance that an SFT answer ignores each of its prompt's
 instructions. With the default 0.5 an SFT model follows a constraint about
 half the time, so RLVR groups have reward variance and the policy can fix the
-rest (per the calibration in DESIGN.md, RL on a tiny model moves format and
-constraints, not arithmetic facts). SFT held-out rows always follow their
+rest (RL on a model this small moves format and constraints, which the policy
+can fix, far more than arithmetic facts). SFT held-out rows always follow their
 instructions (they measure the intended behaviour).
 """
 
