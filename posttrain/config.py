@@ -51,7 +51,6 @@ class ModelSection(Section):
     attn_implementation: str = Field("sdpa", description="transformers attention backend (sdpa, eager, flash_attention_2)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
     trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
-    num_parameters: Optional[int] = Field(None, ge=1, description="parameter count, for `posttrain plan` when the checkpoint is not on this machine")
 
 
 class DatasetSpec(Section):
@@ -69,16 +68,21 @@ class DatasetSpec(Section):
         return self
 
 
-class DataSection(Section):
+class MixtureSection(Section):
+    """The data keys of every stage, and all of RLVR's (its lengths are rollout.max_prompt_length and max_response_length)."""
+
     train: list[DatasetSpec] = Field(description="training sources, mixed by count or fraction")
     heldout: list[DatasetSpec] = Field(default_factory=list, description="held-out sources for evaluation")
     seed: int = Field(0, description="seed for sampling and shuffling the mixture")
     on_bad_row: Literal["error", "skip"] = Field("error", description="malformed row: fail naming file/row/field, or skip and count")
+    shuffle: bool = Field(True, description="shuffle the mixed rows with the data seed")
+
+
+class DataSection(MixtureSection):
+    """The data of SFT and DPO, which train on whole sequences from the mixture."""
+
     max_length: int = Field(2048, ge=8, description="maximum tokens per training sequence")
     overlong: Literal["truncate", "drop"] = Field("drop", description="what to do with examples longer than max_length")
-    shuffle: bool = Field(True, description="shuffle the mixed rows with the data seed")
-    expected_rows: Optional[int] = Field(None, ge=1, description="rows (examples, pairs or prompts) in the training mixture, as published; `posttrain plan` counts steps from it")
-    expected_tokens: Optional[int] = Field(None, ge=1, description="tokens in one pass over the training mixture, as published; `posttrain plan` counts SFT steps from it")
 
 
 class OutputSection(Section):
@@ -93,8 +97,6 @@ class DistributedSection(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank")
     ray_address: Optional[str] = Field(None, description="Ray cluster to join; default: RAY_ADDRESS or a local Ray")
-    gpus_per_node: int = Field(8, ge=1, description="GPUs per machine; `posttrain plan` packs learners and engines into nodes of this size")
-    context_parallel_size: int = Field(1, ge=1, description="ranks that split one sequence (context parallelism); data-parallel ranks = num_workers / this")
 
 
 class DeepSpeedSection(Section):
@@ -118,12 +120,19 @@ class LoggingSection(Section):
 
 
 class OptimSection(Section):
+    """The optimizer of every stage; RLVR's run length is grpo.steps."""
+
     lr: float = Field(gt=0, description="peak learning rate")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="decay after warmup (linear: to 0)")
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="fraction of steps spent warming up linearly")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+
+
+class EpochsOptimSection(OptimSection):
+    """The optimizer of SFT and DPO, which run for passes over the mixture."""
+
     epochs: float = Field(1.0, gt=0, description="passes over the training mixture")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
 
@@ -155,7 +164,7 @@ class StageConfig(Section):
     variant: Literal["think", "instruct"] = Field("think", description="chat style: Think (<think> block) or Instruct")
     seed: int = Field(0, description="global seed: init, dropout, sampling")
     model: ModelSection
-    data: DataSection
+    data: MixtureSection
     output: OutputSection
     optim: OptimSection
     batch: BatchSection
@@ -169,12 +178,19 @@ class StageConfig(Section):
 # Stage schemas
 
 
+class SequenceStageConfig(StageConfig):
+    """SFT and DPO: sequences of at most data.max_length tokens, for optim.epochs passes (or optim.max_steps)."""
+
+    data: DataSection
+    optim: EpochsOptimSection
+
+
 class SFTSection(Section):
     packing: bool = Field(True, description="pack several conversations per sequence, no attention across them")
     train_on_think: bool = Field(True, description="include the <think> block in the loss for Think data")
 
 
-class SFTConfig(StageConfig):
+class SFTConfig(SequenceStageConfig):
     stage: Literal["sft"]
     sft: SFTSection = Field(default_factory=SFTSection)
 
@@ -190,7 +206,7 @@ class DPOSection(Section):
     on_bad_pair: Literal["error", "skip"] = Field("error", description="identical sides, missing side, differing prompts")
 
 
-class DPOConfig(StageConfig):
+class DPOConfig(SequenceStageConfig):
     stage: Literal["dpo"]
     dpo: DPOSection = Field(default_factory=DPOSection)
 
@@ -240,7 +256,6 @@ class GRPOSection(Section):
                                  "(Think: one <think> block, then a non-blank answer; Instruct: no think tags); "
                                  "0: off (Olmo 3)")
     max_async_steps: int = Field(1, ge=0, description="generation may run k policy versions ahead (0: on-policy)")
-    max_pass_rate: Optional[float] = Field(None, ge=0, le=1, description="drop prompts whose precomputed (offline) pass rate is above this before training (None: keep all)")
 
 
 class VerifiersSection(Section):

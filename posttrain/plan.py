@@ -13,14 +13,17 @@ Counting rules:
 - GPUs: learners are `distributed.num_workers` (one rank per GPU, when
   `distributed.use_gpu`); inference is `rollout.num_engines x
   rollout.tensor_parallel_size`. Learners and engines sit on separate nodes
-  of `distributed.gpus_per_node` GPUs, unless both fit on one node together.
-- Data-parallel ranks = `num_workers / distributed.context_parallel_size`;
-  each processes `batch.micro_batch_size` sequences of `data.max_length`
-  tokens per forward pass, and gradient accumulation makes up the rest.
-- Steps: `optim.max_steps` when set; SFT from `data.expected_tokens` (tokens a
-  pass) x epochs / tokens per step; DPO from rows (`data.expected_rows`, or
-  the lines of local .jsonl sources) x epochs / pairs per step; RLVR from
-  `grpo.steps`.
+  of `Facts.gpus_per_node` GPUs, unless both fit on one node together.
+- Every learner rank is data-parallel: each processes
+  `batch.micro_batch_size` sequences of `data.max_length` tokens per forward
+  pass, and gradient accumulation makes up the rest.
+- Steps: `optim.max_steps` when set; SFT from `Facts.tokens` (tokens a pass)
+  x epochs / tokens per step; DPO from rows (`Facts.rows`, or the lines of
+  local .jsonl sources) x epochs / pairs per step; RLVR from `grpo.steps`.
+
+The plan reads only recipe keys that a stage reads too. What a recipe does
+not say (node size, the model's parameter count and the mixture's size when
+neither is on this machine) comes in `Facts`, from command-line options.
 
 Estimates (see `Assumptions`): training costs 6N FLOPs per token (Kaplan et
 al. 2020, "Scaling Laws for Neural Language Models": forward 2N, backward
@@ -69,6 +72,16 @@ class Assumptions:
         ]
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What the plan needs that no stage setting says; each is a command-line option of `posttrain plan`."""
+
+    gpus_per_node: int = 8  # GPUs per machine (the Olmo 3 report's runs use 8xH100 nodes)
+    parameters: Optional[int] = None  # model size; None: counted from a local checkpoint's config.json
+    rows: Optional[int] = None  # rows (examples, pairs or prompts) of the training mixture; None: local .jsonl lines
+    tokens: Optional[int] = None  # tokens in one pass over an SFT mixture; SFT steps need it (or optim.max_steps)
+
+
 class PlanError(ValueError):
     """A recipe whose resources do not add up; `problems` has one line per problem."""
 
@@ -81,8 +94,7 @@ class PlanError(ValueError):
 class Resources:
     on_gpu: bool
     gpus_per_node: int
-    learners: int  # learner ranks (GPUs when on_gpu)
-    dp_ranks: int  # learners / context_parallel_size
+    learners: int  # learner ranks (GPUs when on_gpu), all data-parallel
     engine_gpus: int  # rollout.num_engines x tensor_parallel_size (RLVR on GPU), else 0
     nodes: int
 
@@ -107,35 +119,30 @@ class Plan:
         self.rows.append((label, value))
 
 
-# stage name -> function(plan, config, resources, assumptions, params) that fills in the stage's rows
+# stage name -> function(plan, config, resources, assumptions, params, facts) that fills in the stage's rows
 STAGE_PLANS: Registry[Callable] = Registry("stage plan")
 
 
-def make_plan(config: StageConfig, source: str = "recipe", assumptions: Assumptions = Assumptions()) -> Plan:
+def make_plan(config: StageConfig, source: str = "recipe", assumptions: Assumptions = Assumptions(),
+              facts: Facts = Facts()) -> Plan:
     """Work out what `config` asks for; raise PlanError naming every problem."""
     plan = Plan(source=source, stage=config.stage)
-    params = parameter_count(config)
-    about = f"{_si(params)} parameters" if params else "parameter count unknown: set model.num_parameters"
+    params = parameter_count(config, facts)
+    about = f"{_si(params)} parameters" if params else "parameter count unknown: give --parameters"
     plan.add("recipe", f"{config.stage}, {config.variant}, from {config.model.path} ({about})")
-    plan.resources = resources(plan, config)
-    STAGE_PLANS.get(config.stage)(plan, config, plan.resources, assumptions, params)
+    plan.resources = resources(plan, config, facts.gpus_per_node)
+    STAGE_PLANS.get(config.stage)(plan, config, plan.resources, assumptions, params, facts)
     if plan.problems:
         raise PlanError(source, plan.problems)
     return plan
 
 
-def resources(plan: Plan, config: StageConfig) -> Resources:
-    """GPUs and nodes; appends problems for GPU groups that do not fit whole nodes."""
+def resources(plan: Plan, config: StageConfig, per_node: int) -> Resources:
+    """GPUs and nodes of `per_node` GPUs; appends problems for GPU groups that do not fit whole nodes."""
     dist = config.distributed
-    per_node = dist.gpus_per_node
     rollout = getattr(config, "rollout", None)
     engines = rollout.num_engines * rollout.tensor_parallel_size if rollout is not None and dist.use_gpu else 0
-    if dist.num_workers % dist.context_parallel_size:
-        plan.problems.append(
-            f"distributed.num_workers ({dist.num_workers}) is not divisible by distributed.context_parallel_size"
-            f" ({dist.context_parallel_size})"
-        )
-    res = Resources(dist.use_gpu, per_node, dist.num_workers, max(1, dist.num_workers // dist.context_parallel_size), engines, 0)
+    res = Resources(dist.use_gpu, per_node, dist.num_workers, engines, 0)
     if not dist.use_gpu:
         res.nodes = 1
         plan.add("learners", f"{dist.num_workers} CPU rank(s), no GPUs (distributed.use_gpu is false)")
@@ -150,8 +157,7 @@ def resources(plan: Plan, config: StageConfig) -> Resources:
         res.nodes = 1
     else:
         res.nodes = math.ceil(dist.num_workers / per_node) + math.ceil(engines / per_node)
-    cp = f", context parallel {dist.context_parallel_size} -> {res.dp_ranks} data-parallel ranks" if dist.context_parallel_size > 1 else ""
-    plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)}){cp}")
+    plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)})")
     if rollout is not None:
         engines_are = f"{rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}"
         plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {engines_are}")
@@ -161,7 +167,7 @@ def resources(plan: Plan, config: StageConfig) -> Resources:
 
 def _check_engines(plan: Plan, tp: int, per_node: int) -> None:
     if tp > per_node:
-        plan.problems.append(f"rollout.tensor_parallel_size ({tp}) is larger than a node (distributed.gpus_per_node {per_node})")
+        plan.problems.append(f"rollout.tensor_parallel_size ({tp}) is larger than a node ({per_node} GPUs, --gpus-per-node)")
     elif per_node % tp:
         plan.problems.append(
             f"rollout.tensor_parallel_size ({tp}) does not divide a node of {per_node} GPUs: an engine would straddle two nodes"
@@ -170,7 +176,7 @@ def _check_engines(plan: Plan, tp: int, per_node: int) -> None:
 
 def _check_fills_nodes(plan: Plan, what: str, gpus: int, per_node: int) -> None:
     if gpus > per_node and gpus % per_node:
-        plan.problems.append(f"{what}: {gpus} GPUs do not fill whole nodes of {per_node} (distributed.gpus_per_node)")
+        plan.problems.append(f"{what}: {gpus} GPUs do not fill whole nodes of {per_node} (--gpus-per-node)")
 
 
 def _nodes(gpus: int, per_node: int) -> str:
@@ -186,48 +192,48 @@ def _nodes(gpus: int, per_node: int) -> str:
 def _micro_batches(plan: Plan, config: StageConfig, res: Resources, unit: str) -> Optional[int]:
     """Sequences (or pairs) per step split over data-parallel ranks x micro-batch: the accumulation steps, or None."""
     batch = config.batch
-    per_pass = res.dp_ranks * batch.micro_batch_size
+    per_pass = res.learners * batch.micro_batch_size
     if batch.tokens is not None:
         per_pass_tokens = per_pass * config.data.max_length
         if batch.tokens % per_pass_tokens:
             plan.problems.append(
                 f"batch.tokens ({batch.tokens:,}) is not a multiple of data-parallel ranks x batch.micro_batch_size x"
-                f" data.max_length ({res.dp_ranks} x {batch.micro_batch_size} x {config.data.max_length:,} = {per_pass_tokens:,})"
+                f" data.max_length ({res.learners} x {batch.micro_batch_size} x {config.data.max_length:,} = {per_pass_tokens:,})"
             )
             return None
         accumulation = batch.tokens // per_pass_tokens
-        split = f"{res.dp_ranks} ranks x {batch.micro_batch_size} x {config.data.max_length:,} tokens x {accumulation} accumulation"
+        split = f"{res.learners} ranks x {batch.micro_batch_size} x {config.data.max_length:,} tokens x {accumulation} accumulation"
         plan.add("batch", f"{batch.tokens:,} tokens = {split}")
         return accumulation
     if batch.sequences % per_pass:
         plan.problems.append(
             f"batch.sequences ({batch.sequences}) is not a multiple of data-parallel ranks x batch.micro_batch_size"
-            f" ({res.dp_ranks} x {batch.micro_batch_size} = {per_pass})"
+            f" ({res.learners} x {batch.micro_batch_size} = {per_pass})"
         )
         return None
     accumulation = batch.sequences // per_pass
-    plan.add("batch", f"{batch.sequences} {unit} = {res.dp_ranks} ranks x {batch.micro_batch_size} x {accumulation} accumulation")
+    plan.add("batch", f"{batch.sequences} {unit} = {res.learners} ranks x {batch.micro_batch_size} x {accumulation} accumulation")
     return accumulation
 
 
-def _plan_sft(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+def _plan_sft(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int], facts: Facts) -> None:
     _micro_batches(plan, config, res, "sequences")
     data, optim = config.data, config.optim
     tokens_per_step = config.batch.tokens or config.batch.sequences * data.max_length
     bound = "" if config.batch.tokens else "at most "
     plan.tokens_per_step = tokens_per_step
     plan.add("tokens per step", f"{bound}{tokens_per_step:,}")
-    rows = training_rows(config)
+    rows = training_rows(config, facts)
     if rows is not None:
-        plan.add("data", f"{rows:,} rows" + (f", {_si(data.expected_tokens)} tokens a pass" if data.expected_tokens else ""))
+        plan.add("data", f"{rows:,} rows" + (f", {_si(facts.tokens)} tokens a pass" if facts.tokens else ""))
     if optim.max_steps:
         plan.steps = optim.max_steps
         how = "optim.max_steps"
-    elif data.expected_tokens:
-        plan.steps = math.ceil(data.expected_tokens * optim.epochs / tokens_per_step)
-        how = f"{optim.epochs:g} epochs x {_si(data.expected_tokens)} tokens / {tokens_per_step:,}"
+    elif facts.tokens:
+        plan.steps = math.ceil(facts.tokens * optim.epochs / tokens_per_step)
+        how = f"{optim.epochs:g} epochs x {_si(facts.tokens)} tokens / {tokens_per_step:,}"
     else:
-        plan.add("steps", "unknown: set data.expected_tokens (tokens a pass) or optim.max_steps")
+        plan.add("steps", "unknown: give --tokens (tokens a pass over the mixture) or set optim.max_steps")
         return
     plan.total_tokens = plan.steps * tokens_per_step
     plan.add("steps", f"{plan.steps:,} ({how})")
@@ -235,7 +241,7 @@ def _plan_sft(plan: Plan, config, res: Resources, assume: Assumptions, params: O
     _estimate_training(plan, res, assume, params, 6.0, plan.total_tokens)
 
 
-def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int], facts: Facts) -> None:
     _micro_batches(plan, config, res, "pairs")
     data, optim = config.data, config.optim
     if config.batch.tokens is not None:
@@ -245,14 +251,14 @@ def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: O
     tokens_per_step = round(pairs * 2 * data.max_length * assume.fill)  # chosen and rejected, each up to max_length
     plan.tokens_per_step = tokens_per_step
     plan.add("tokens per step", f"{_bound(assume)}{tokens_per_step:,} ({pairs} pairs x 2 x {data.max_length:,})")
-    rows = training_rows(config)
+    rows = training_rows(config, facts)
     if optim.max_steps:
         plan.steps, how = optim.max_steps, "optim.max_steps"
     elif rows is not None:
         plan.steps = math.ceil(rows * optim.epochs / pairs)
         how = f"{optim.epochs:g} epoch(s) x {rows:,} pairs / {pairs}"
     else:
-        plan.add("steps", "unknown: set data.expected_rows (pairs) or optim.max_steps")
+        plan.add("steps", "unknown: give --rows (pairs in the mixture) or set optim.max_steps")
         return
     plan.total_tokens = plan.steps * tokens_per_step
     plan.add("steps", f"{plan.steps:,} ({how})")
@@ -261,7 +267,7 @@ def _plan_dpo(plan: Plan, config, res: Resources, assume: Assumptions, params: O
     _estimate_training(plan, res, assume, params, 8.0, plan.total_tokens)
 
 
-def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int]) -> None:
+def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: Optional[int], facts: Facts) -> None:
     grpo, rollout = config.grpo, config.rollout
     samples = grpo.prompts_per_step * grpo.samples_per_prompt
     per_update = samples // grpo.minibatches  # (the recipe's validation already checked that they divide)
@@ -275,7 +281,7 @@ def _plan_rlvr(plan: Plan, config, res: Resources, assume: Assumptions, params: 
     plan.total_tokens = trained * grpo.steps
     lengths = f"prompt {rollout.max_prompt_length:,} + response {rollout.max_response_length:,}"
     plan.add("tokens per step", f"{_bound(assume)}{round(generated):,} generated, {round(trained):,} trained ({lengths})")
-    rows = training_rows(config)
+    rows = training_rows(config, facts)
     passes = f", {grpo.steps * grpo.prompts_per_step / rows:.2f} passes over {rows:,} prompts" if rows else ""
     plan.add("steps", f"{grpo.steps:,} (grpo.steps): {grpo.steps * grpo.prompts_per_step:,} prompts drawn{passes}")
     if grpo.active_sampling:
@@ -317,7 +323,7 @@ def _estimate_training(
 
 
 def _no_estimate(res: Resources, params: Optional[int]) -> str:
-    return "not estimated: " + ("a CPU run" if not res.on_gpu else "set model.num_parameters")
+    return "not estimated: " + ("a CPU run" if not res.on_gpu else "give --parameters")
 
 
 def _bound(assume: Assumptions) -> str:
@@ -339,10 +345,10 @@ def _si(x: float) -> str:
 # What the plan reads besides the recipe
 
 
-def training_rows(config: StageConfig) -> Optional[int]:
-    """Rows of the training mixture: data.expected_rows, else the lines of local .jsonl sources, else None."""
-    if config.data.expected_rows:
-        return config.data.expected_rows
+def training_rows(config: StageConfig, facts: Facts = Facts()) -> Optional[int]:
+    """Rows of the training mixture: `facts.rows`, else the lines of local .jsonl sources, else None."""
+    if facts.rows:
+        return facts.rows
     total = 0
     for spec in config.data.train:
         path = Path(spec.path)
@@ -354,10 +360,10 @@ def training_rows(config: StageConfig) -> Optional[int]:
     return total
 
 
-def parameter_count(config: StageConfig) -> Optional[int]:
-    """model.num_parameters, else counted from a local checkpoint's config.json (decoder-only Olmo-style), else None."""
-    if config.model.num_parameters:
-        return config.model.num_parameters
+def parameter_count(config: StageConfig, facts: Facts = Facts()) -> Optional[int]:
+    """`facts.parameters`, else counted from a local checkpoint's config.json (decoder-only Olmo-style), else None."""
+    if facts.parameters:
+        return facts.parameters
     path = Path(config.model.path) / "config.json"
     if not path.is_file():
         return None

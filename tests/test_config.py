@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from posttrain.config import (
+    COMMAND_LINE,
     DPOConfig,
     RecipeError,
     RLVRConfig,
@@ -81,6 +82,17 @@ def test_rlvr_batch_may_be_omitted(tmp_path):
     raw = with_(MINIMAL_SFT, stage="rlvr")
     del raw["batch"]
     assert load_recipe(write(tmp_path, "rlvr.yaml", raw)).batch.sequences == 64 * 8  # derived from grpo
+
+
+@pytest.mark.parametrize("override", ["data.max_length=512", "data.overlong=drop", "optim.epochs=2", "optim.max_steps=5"])
+def test_sequence_lengths_and_epochs_are_keys_of_sft_and_dpo_only(tmp_path, override):
+    """RLVR's lengths are rollout.max_prompt_length/max_response_length and its run is grpo.steps: there these
+    keys would validate and do nothing, so they are unknown."""
+    key = override.split("=")[0]
+    rlvr = write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr", grpo={"prompts_per_step": 1}))
+    assert f"{COMMAND_LINE}: unknown key {key!r}" in recipe_error(rlvr, [override])
+    for stage in ("sft", "dpo"):
+        load_recipe(write(tmp_path, f"{stage}.yaml", with_(MINIMAL_SFT, stage=stage)), [override])
 
 
 def test_rlvr_refuses_a_weight_sync_the_stage_does_not_drive(tmp_path):

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from posttrain.cli import main
+from posttrain.cli import build_parser, main
+from posttrain.commands.plan import facts
 from posttrain.config import RecipeError, load_recipe
-from posttrain.plan import Assumptions, PlanError, count_parameters, make_plan, render
+from posttrain.plan import Assumptions, Facts, PlanError, count_parameters, make_plan, render
 
 REPO = Path(__file__).resolve().parent.parent
 OLMO3 = REPO / "recipes" / "olmo3"
 H100_AT_40 = 989e12 * 0.40  # FLOP/s per GPU under the default assumptions
 
 
-def plan_of(name: str, *overrides: str, **assume):
-    return make_plan(load_recipe(OLMO3 / f"{name}.yaml", list(overrides)), name, Assumptions(**assume))
+def plan_command(name: str) -> list[str]:
+    """The `posttrain plan ...` command on an Olmo 3 recipe's second line, as arguments after `posttrain`."""
+    line = (OLMO3 / f"{name}.yaml").read_text().splitlines()[1]
+    assert line.startswith("# posttrain plan "), f"recipes/olmo3/{name}.yaml: line 2 is not its plan command: {line!r}"
+    return shlex.split(line.removeprefix("# posttrain "))
+
+
+def recipe_facts(name: str) -> Facts:
+    """The sizes the recipe's plan command gives (--parameters, --rows, --tokens)."""
+    return facts(build_parser().parse_args(plan_command(name)))
+
+
+def plan_of(name: str, *overrides: str, facts: dict | None = None, **assume):
+    """The plan of an Olmo 3 recipe with its own plan command's sizes; `facts` replaces some of them."""
+    given = dataclasses.replace(recipe_facts(name), **(facts or {}))
+    return make_plan(load_recipe(OLMO3 / f"{name}.yaml", list(overrides)), name, Assumptions(**assume), given)
 
 
 def refusal(name: str, *overrides: str) -> list[str]:
@@ -78,14 +95,14 @@ def test_7b_think_rlvr_by_hand():
 
 
 def test_7b_think_sft_by_hand():
-    """7B Think SFT: 64 GPUs with context parallel 2 -> 32 data-parallel ranks of one 32K sequence.
+    """7B Think SFT: 32 GPUs, each rank one 32K sequence a step.
 
-    - 1,048,576 tokens a step = 32 ranks x 1 x 32,768 tokens x 1 accumulation
+    - 1,048,576 tokens a step = 32 ranks x 1 x 32,768 tokens x 1 accumulation; 32 / 8 = 4 nodes
     - steps = ceil(2 epochs x 22.7e9 tokens / 1,048,576) = ceil(43,296.8) = 43,297
     - FLOPs = 6 x 7.3e9 x 43,297 x 1,048,576 = 1.988e21; GPU-hours = 1.988e21 / 3.956e14 / 3600 = 1,396
     """
     plan = plan_of("7b/think/sft")
-    assert plan.resources.dp_ranks == 32 and plan.resources.nodes == 8
+    assert plan.resources.learners == 32 and plan.resources.nodes == 4
     assert plan.steps == 43_297
     assert plan.total_tokens == 43_297 * 2**20
     assert plan.gpu_hours == pytest.approx(6 * 7.3e9 * 43_297 * 2**20 / H100_AT_40 / 3600)
@@ -107,7 +124,20 @@ def test_partial_fill_scales_bounded_lengths():
 
 
 def test_gpus_per_node_changes_the_node_count():
-    assert plan_of("7b/think/sft", "distributed.gpus_per_node=4").resources.nodes == 16
+    assert plan_of("7b/think/sft", facts={"gpus_per_node": 4}).resources.nodes == 8
+
+
+def test_without_the_sizes_the_plan_says_what_to_give():
+    """No --parameters: no GPU-hours; no --tokens: no SFT step count; no --rows and no local data: no DPO one."""
+    sft = plan_of("7b/think/sft", facts={"parameters": None, "tokens": None})
+    assert sft.steps is None and sft.gpu_hours is None
+    text = render(sft, Assumptions())
+    assert "parameter count unknown: give --parameters" in text
+    assert "unknown: give --tokens (tokens a pass over the mixture) or set optim.max_steps" in text
+    dpo = plan_of("7b/think/dpo", facts={"rows": None})
+    assert dpo.steps is None and "unknown: give --rows (pairs in the mixture)" in render(dpo, Assumptions())
+    rlvr = plan_of("7b/think/rlvr", facts={"parameters": None})
+    assert rlvr.gpu_hours is None and "not estimated: give --parameters" in render(rlvr, Assumptions())
 
 
 @pytest.mark.parametrize("name", sorted(str(p.relative_to(OLMO3).with_suffix("")) for p in OLMO3.rglob("[!_]*.yaml")))
@@ -122,19 +152,19 @@ def test_every_olmo3_recipe_adds_up(name):
 
 def test_refuses_learners_that_do_not_fill_nodes():
     problems = refusal("7b/think/dpo", "distributed.num_workers=12")
-    assert "learner GPUs (distributed.num_workers): 12 GPUs do not fill whole nodes of 8 (distributed.gpus_per_node)" in problems
+    assert "learner GPUs (distributed.num_workers): 12 GPUs do not fill whole nodes of 8 (--gpus-per-node)" in problems
     assert "batch.sequences (128) is not a multiple of data-parallel ranks x batch.micro_batch_size (12 x 1 = 12)" in problems
 
 
 def test_refuses_tensor_parallel_wider_than_a_node():
     problems = refusal("32b/think/rlvr", "rollout.tensor_parallel_size=16")
-    assert problems == ["rollout.tensor_parallel_size (16) is larger than a node (distributed.gpus_per_node 8)"]
+    assert problems == ["rollout.tensor_parallel_size (16) is larger than a node (8 GPUs, --gpus-per-node)"]
 
 
 def test_refuses_engines_that_straddle_nodes():
     problems = refusal("32b/think/rlvr", "rollout.tensor_parallel_size=3")
     assert "rollout.tensor_parallel_size (3) does not divide a node of 8 GPUs: an engine would straddle two nodes" in problems
-    assert "inference GPUs (rollout.num_engines x tensor_parallel_size): 60 GPUs do not fill whole nodes of 8 (distributed.gpus_per_node)" in problems
+    assert "inference GPUs (rollout.num_engines x tensor_parallel_size): 60 GPUs do not fill whole nodes of 8 (--gpus-per-node)" in problems
 
 
 def test_refuses_pairs_not_divisible_by_ranks_times_micro_batch():
@@ -150,9 +180,12 @@ def test_refuses_token_batch_that_is_not_whole_sequences():
     ]
 
 
-def test_refuses_context_parallel_that_does_not_divide_the_ranks():
-    problems = refusal("7b/think/sft", "distributed.context_parallel_size=3")
-    assert "distributed.num_workers (64) is not divisible by distributed.context_parallel_size (3)" in problems
+def test_refuses_sft_ranks_that_would_get_no_row():
+    """64 ranks of one 32K row each would need 2M tokens a step; the 1M step holds 32 rows."""
+    assert refusal("7b/think/sft", "distributed.num_workers=64") == [
+        "batch.tokens (1,048,576) is not a multiple of data-parallel ranks x batch.micro_batch_size x data.max_length"
+        " (64 x 1 x 32,768 = 2,097,152)"
+    ]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -226,21 +259,29 @@ def test_count_parameters_matches_transformers_olmo3():
     assert sum(p.numel() for p in model.parameters()) == count_parameters(TINY_CONFIG)
 
 
-def test_olmo3_parameter_counts_follow_the_architecture():
-    """model.num_parameters in the recipes vs the published shapes (7B: MLP 11,008; 32B: MLP 27,648, 8 KV heads)."""
-    seven = {"vocab_size": 100_278, "hidden_size": 4096, "intermediate_size": 11_008, "num_hidden_layers": 32, "num_attention_heads": 32}
-    thirty_two = {"vocab_size": 100_278, "hidden_size": 5120, "intermediate_size": 27_648, "num_hidden_layers": 64,
-                  "num_attention_heads": 40, "num_key_value_heads": 8}
-    for shape, name in ((seven, "7b/think/sft"), (thirty_two, "32b/think/sft")):
-        assert load_recipe(OLMO3 / f"{name}.yaml").model.num_parameters == pytest.approx(count_parameters(shape), rel=0.01)
+SHAPES = {  # the published shapes (7B: MLP 11,008; 32B: MLP 27,648, 8 KV heads)
+    "7b": {"vocab_size": 100_278, "hidden_size": 4096, "intermediate_size": 11_008, "num_hidden_layers": 32,
+           "num_attention_heads": 32},
+    "32b": {"vocab_size": 100_278, "hidden_size": 5120, "intermediate_size": 27_648, "num_hidden_layers": 64,
+            "num_attention_heads": 40, "num_key_value_heads": 8},
+}
+
+
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(OLMO3).with_suffix("")) for p in OLMO3.rglob("[!_]*.yaml")))
+def test_olmo3_plan_commands_give_parameter_counts_that_follow_the_architecture(name):
+    """Each recipe's plan command names that recipe and gives its size's parameter count, within 1%."""
+    assert plan_command(name)[:2] == ["plan", f"recipes/olmo3/{name}.yaml"]
+    shape = SHAPES[name.split("/")[0]]
+    assert recipe_facts(name).parameters == pytest.approx(count_parameters(shape), rel=0.01)
 
 
 # --------------------------------------------------------------------------
 # The command
 
 
-def test_cli_prints_the_plan(capsys):
-    assert main(["plan", str(OLMO3 / "32b/think/rlvr.yaml")]) == 0
+def test_cli_prints_the_plan(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the recipe's plan command names it from the repository root
+    assert main(plan_command("32b/think/rlvr")) == 0
     out = capsys.readouterr().out
     assert "inference         160 GPUs (20 nodes): 20 engines x tensor parallel 8" in out
     assert "224 GPUs on 28 node(s) of 8" in out
@@ -248,16 +289,26 @@ def test_cli_prints_the_plan(capsys):
 
 
 def test_cli_refuses_with_exit_2_naming_the_problem(capsys):
-    assert main(["plan", str(OLMO3 / "7b/think/sft.yaml"), "distributed.context_parallel_size=3"]) == 2
+    assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "distributed.num_workers=12"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "7b/think/sft.yaml: the resources do not add up:" in captured.err
-    assert "is not divisible by distributed.context_parallel_size (3)" in captured.err
+    assert "7b/think/dpo.yaml: the resources do not add up:" in captured.err
+    assert "12 GPUs do not fill whole nodes of 8 (--gpus-per-node)" in captured.err
 
 
-def test_cli_assumption_options_change_the_estimate(capsys):
-    assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "--mfu", "0.2"]) == 0
+def test_cli_assumption_options_change_the_estimate(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main([*plan_command("7b/think/dpo"), "--mfu", "0.2"]) == 0
     assert "~403 GPU-hours" in capsys.readouterr().out  # twice the 201.6 at 40%
+
+
+def test_cli_size_options_change_the_plan(capsys):
+    """--rows 300000 doubles 7B Think DPO's 150K pairs: 2,344 steps; --gpus-per-node 4: its 32 GPUs on 8 nodes."""
+    recipe = str(OLMO3 / "7b/think/dpo.yaml")
+    assert main(["plan", recipe, "--parameters", "7.3e9", "--rows", "300000", "--gpus-per-node", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "2,344 (1 epoch(s) x 300,000 pairs / 128)" in out
+    assert "32 GPUs on 8 node(s) of 4" in out
 
 
 def test_cli_rejects_bad_recipe_and_bad_option(capsys):
@@ -265,3 +316,8 @@ def test_cli_rejects_bad_recipe_and_bad_option(capsys):
     assert "unknown key 'optim.lrr'" in capsys.readouterr().err
     assert main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), "--mfu", "0"]) == 2
     assert "--mfu must be positive" in capsys.readouterr().err
+    for bad in (["--parameters", "0"], ["--rows", "1.5"], ["--gpus-per-node", "eight"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), *bad])
+        assert exit_.value.code == 2
+        assert f"argument {bad[0]}:" in capsys.readouterr().err

@@ -1,16 +1,33 @@
-"""`posttrain plan RECIPE [key=value ...]`: what a recipe asks of a cluster, or why it does not add up."""
+"""`posttrain plan RECIPE [key=value ...]`: what a recipe asks of a cluster, or why it does not add up.
+
+The Olmo 3 recipes name, on their second line, the plan command with the published sizes
+(`--parameters`, `--rows`, `--tokens`) that no stage reads and so no recipe key holds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from posttrain.config import RecipeError, load_recipe
-from posttrain.plan import Assumptions, PlanError, make_plan, render
+from posttrain.plan import Assumptions, Facts, PlanError, make_plan, render
 
 HELP = "show what a recipe asks for (GPUs, nodes, tokens, steps, GPU-hours); refuse one whose resources do not add up"
 
 _DEFAULTS = Assumptions()
+_FACTS = Facts()
+
+
+def count(text: str) -> int:
+    """A positive whole count, written plainly or as a float (`7.3e9`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 1 and value == round(value)):
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.fill,
         help="mean length of DPO pairs and RL prompts/responses as a fraction of their maximum (default %(default)s: upper bounds)",
     )
+    parser.add_argument("--gpus-per-node", type=count, default=_FACTS.gpus_per_node,
+                        help="GPUs per machine: learners and engines are packed into nodes of this size (default %(default)s)")
+    parser.add_argument("--parameters", type=count, help="model parameters (e.g. 7.3e9); default: counted from a local checkpoint")
+    parser.add_argument("--rows", type=count,
+                        help="rows (examples, pairs or prompts) in the training mixture; default: counted from local .jsonl sources")
+    parser.add_argument("--tokens", type=count, help="tokens in one pass over an SFT mixture (SFT steps are counted from it)")
+
+
+def facts(args: argparse.Namespace) -> Facts:
+    """The plan's facts from parsed `posttrain plan` options."""
+    return Facts(gpus_per_node=args.gpus_per_node, parameters=args.parameters, rows=args.rows, tokens=args.tokens)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     assumptions = Assumptions(peak_tflops=args.peak_tflops, mfu=args.mfu, gen_tokens_per_s=args.gen_tokens_per_s, fill=args.fill)
     try:
         config = load_recipe(args.recipe, args.overrides)
-        plan = make_plan(config, source=args.recipe, assumptions=assumptions)
+        plan = make_plan(config, source=args.recipe, assumptions=assumptions, facts=facts(args))
     except (RecipeError, PlanError) as err:
         print(err, file=sys.stderr)
         return 2
