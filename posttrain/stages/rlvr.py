@@ -98,7 +98,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         state = run.state if start else {"data_position": 0, "train_s": 0.0}
         if start:
             ray.get(sync_weights(learners, engines, start))
-        startup_s = run.elapsed()
+        startup_s = time.time() - run.started  # this process's start-up (elapsed() would add earlier runs')
 
         queue = RolloutQueue(
             engines, scorers, PromptStream(data.prompts, config.data.seed, state["data_position"]),

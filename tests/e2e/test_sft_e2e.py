@@ -31,6 +31,7 @@ from posttrain.metrics import read_metrics
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "stages"))  # micro.py: the micro model and chats
 TIME_BUDGET_S = 120  # per tiny SFT recipe on the CI machine
 WELL_FORMED_MIN = 0.9
 
@@ -122,34 +123,10 @@ def test_the_sft_checkpoint_is_complete_and_traceable(sft_think_dir, tiny_dir):
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory) -> Path:
-    """A 2-layer Olmo-3, its tokenizer and 300 chats (think style, some multi-turn) in DIR."""
-    import random
+    """A 2-layer Olmo-3, its tokenizer and 300 chats (think style, some multi-turn) in DIR (tests/stages/micro.py)."""
+    import micro as builders
 
-    import torch
-    from transformers import Olmo3Config, Olmo3ForCausalLM
-
-    from posttrain.data.chat import think_content
-    from posttrain.tiny.tokenizer import train_tokenizer
-
-    out = tmp_path_factory.mktemp("micro")
-    rng = random.Random(0)
-    rows = []
-    for _ in range(300):
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
-        turns = [{"role": "user", "content": f"What is {a} plus {b}?"},
-                 {"role": "assistant", "content": think_content(f"{a} + {b} = {a + b}", f"\\boxed{{{a + b}}}")}]
-        if rng.random() < 0.3:
-            turns = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi " * rng.randint(1, 20)}] + turns
-        rows.append({"messages": turns})
-    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = train_tokenizer([json.dumps(r) for r in rows], vocab_size=320)
-    config = Olmo3Config(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=512,
-                         layer_types=["full_attention"] * 2, sliding_window=512, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    Olmo3ForCausalLM(config).save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    out = builders.build(tmp_path_factory.mktemp("micro"))
     recipe = {
         "stage": "sft", "model": {"path": str(out / "model")},
         "data": {"train": [{"path": str(out / "train.jsonl")}], "max_length": 192},
