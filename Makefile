@@ -1,6 +1,7 @@
 # posttrain: set-up, the tiny demo, tests, and one target per stage.
 #   make demo                      install, build the tiny default, run both chains
-#   make test                      install, run the whole test suite (CPU)
+#   make check                     the fast tier: every test that needs neither the tiny build nor a trained chain
+#   make test                      install, run the whole test suite (CPU), on two pytest workers
 #   make sft RECIPE=path OVERRIDES="optim.lr=1e-5 ..."   (likewise dpo, rlvr)
 #   make install GPU=1             CUDA torch + the vllm package instead of the CPU builds
 
@@ -19,7 +20,9 @@ PYTEST_ARGS ?=
 REQS  := requirements/$(if $(GPU),gpu,cpu).txt
 STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
-.PHONY: install demo test sft dpo rlvr think instruct bench tiny clean chromium
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo check test sft dpo rlvr think instruct bench tiny clean chromium
 
 install: $(STAMP)
 
@@ -34,8 +37,12 @@ tiny: install
 demo: install
 	$(BIN)/posttrain demo --tiny $(TINY) --run-dir $(RUN_DIR)
 
+# Two workers: one trains the Think chain, the other the Instruct chain and the rest (tests/conftest.py).
 test: install chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not tiny" --durations=15 $(PYTEST_ARGS)
 
 # The report test renders HTML in headless Chromium (Debian package); installed here when missing and root.
 chromium:

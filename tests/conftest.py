@@ -1,12 +1,29 @@
-"""Shared fixtures: the tiny default is built once per test session and reused.
+"""Shared fixtures, the two tiers, and how the suite spreads over two workers.
 
-Set POSTTRAIN_TEST_TINY=DIR to reuse an already-built tiny default across runs
-(it is rebuilt when missing).
+Tiers. `make check` runs every test that needs neither the full tiny build nor a trained chain (`-m "not tiny"`);
+`make test` runs everything. A test is marked `tiny` here when it asks for a fixture in `TINY_FIXTURES`.
+
+The tiny default is built once per test run, and across runs on one machine it is cached under
+$POSTTRAIN_TEST_CACHE (default ~/.cache/posttrain/tests), keyed by `posttrain.tiny.build_key` (its code, seed and
+package versions); POSTTRAIN_TEST_TINY=DIR uses (or builds) DIR instead.
+
+Chains. Two kinds, each run once per test run and shared by the pytest workers (under pytest-xdist, the first worker
+to ask runs it while the others wait for it):
+- `plumbing_chains`: `posttrain demo` with a few steps per stage, for what any run must produce (manifests, the
+  skip rule, evaluation, report, model cards, exports that load in transformers and vLLM);
+- `think_chain`, `instruct_chain`: the tiny recipes as shipped, SFT (`sft_think_dir`, `sft_instruct_dir`) then
+  DPO and RLVR, with the held-out suite on every checkpoint, for the tests that assert that each stage learns. The Think and Instruct chains are
+  independent after SFT; their tests carry the xdist groups "think" and "instruct", so each chain trains on one
+  worker while the other worker trains the other one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,21 +31,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A built tiny default: DIR/base (checkpoint) and DIR/data/NAME/{train,heldout}.jsonl."""
-    from posttrain import tiny
-
-    out = Path(os.environ.get("POSTTRAIN_TEST_TINY") or tmp_path_factory.mktemp("tiny"))
-    if not tiny.is_built(out):
-        tiny.build(out, seed=0)
-    return out
+VARIANTS = ("think", "instruct")
+TINY_FIXTURES = {"tiny_dir", "sft_think_dir", "sft_instruct_dir", "think_chain", "instruct_chain", "chain",
+                 "plumbing_chains"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA; they are deselected where there is none."""
+    """Mark the tests that need the tiny build; deselect `gpu` tests where there is no CUDA."""
+    for item in items:
+        if TINY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tiny)
     try:
         import torch
 
@@ -37,99 +49,200 @@ def pytest_collection_modifyitems(config, items):
         has_gpu = False
     if has_gpu:
         return
-    keep = [item for item in items if "gpu" not in item.keywords]
     dropped = [item for item in items if "gpu" in item.keywords]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+        items[:] = [item for item in items if "gpu" not in item.keywords]
 
 
-# The tiny chains as the e2e tests run them: the demo's recipes as shipped (DPO's and RLVR's learning is
-# asserted on the chains), except that RLVR evaluates in the loop only before and after (the chain's held-out
-# suite measures every saved checkpoint). The SFT stages are the session's SFT runs (`tiny_sft_dirs`), copied into the
-# chains: the pipeline's skip rule recognises them.
-E2E_CHAIN_OVERRIDES = ("rlvr:eval.every=0",)
-E2E_EVAL_SIZE = 100  # held-out prompts (and pairs) per checkpoint: about 5 points of noise on a pass rate
-
-
-@pytest.fixture(scope="session")
-def tiny_chains(tiny_dir, tiny_sft_dirs, tmp_path_factory) -> Path:
-    """`posttrain demo` on the session's tiny default: RUN/{think,instruct}/{sft,dpo,rlvr}, eval.json, the report.
-
-    RUN/<variant>/sft starts as a copy of the session's SFT run of that variant (so the demo skips it);
-    the rest runs through the real CLI (E2E_CHAIN_OVERRIDES); RUN/demo.log holds what it printed.
-    """
-    import shutil
-    import subprocess
-    import sys
-
-    run = tmp_path_factory.mktemp("chains")
-    for variant, sft_dir in tiny_sft_dirs.items():
-        shutil.copytree(sft_dir, run / variant / "sft")
-    command = [sys.executable, "-m", "posttrain", "demo", "--tiny", str(tiny_dir), "--run-dir", str(run),
-               "--eval-size", str(E2E_EVAL_SIZE), *E2E_CHAIN_OVERRIDES]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
-    (run / "demo.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, (f"posttrain demo exited with status {result.returncode}; stderr's end:\n"
-                                    f"{result.stderr[-3000:]}\nstdout's end:\n{result.stdout[-1000:]}")
-    return run
+# pytest-xdist reads the groups in its own collection hook: ours must add them first.
+pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
 
 
 # --------------------------------------------------------------------------
-# The tiny SFT stage as its recipes run it, once per session, through the CLI.
+# Work shared by the workers of one test run
 
 
-def run_stage_cli(stage: str, recipe: str, out: Path, overrides: list[str], *, timeout: float = 1800) -> float:
-    """`python -m posttrain STAGE --recipe RECIPE --output-dir OUT OVERRIDES`; returns its wall seconds.
+def shared_root(tmp_path_factory) -> Path:
+    """A directory every worker of this test run sees: the parent of the workers' base temp dirs under xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    OUT/cli.log holds what it printed; a failure shows its last lines.
+
+def run_once(root: Path, name: str, make) -> Path:
+    """ROOT/NAME made by `make(ROOT/NAME)` exactly once per test run, whichever worker asks first; the others wait.
+
+    A failed `make` leaves no DONE marker: every worker that asks gets the failure again (its own run).
     """
-    import subprocess
-    import sys
-    import time
+    from filelock import FileLock
 
-    command = [sys.executable, "-m", "posttrain", stage, "--recipe", recipe, "--output-dir", str(out), *overrides]
+    out = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (out / ".done").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            make(out)
+            (out / ".done").write_text("")
+    return out
+
+
+def run_cli(args: list[str], log: Path, *, timeout: float = 3600, env: dict | None = None) -> float:
+    """`python -m posttrain ARGS` from the repository root; LOG holds what it printed. Returns its wall seconds."""
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([sys.executable, "-m", "posttrain", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cli.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, (f"posttrain {stage} exited with status {result.returncode}; stderr's end:\n"
-                                    f"{result.stderr[-3000:]}\nstdout's end:\n{result.stdout[-1000:]}")
-    (out / "cli_wall_s.txt").write_text(f"{seconds:.1f}\n")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, (f"posttrain {' '.join(args[:1])} exited with status {result.returncode}; "
+                                    f"stderr's end:\n{result.stderr[-3000:]}\nstdout's end:\n{result.stdout[-1000:]}")
     return seconds
 
 
+# --------------------------------------------------------------------------
+# The tiny default
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """A built tiny default: DIR/base (checkpoint) and DIR/data/NAME/{train,heldout}.jsonl."""
+    from filelock import FileLock
+
+    from posttrain import tiny
+
+    explicit = os.environ.get("POSTTRAIN_TEST_TINY")
+    cache = Path(os.environ.get("POSTTRAIN_TEST_CACHE", "~/.cache/posttrain/tests")).expanduser()
+    out = Path(explicit) if explicit else cache / f"tiny-{tiny.build_key(0)}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not tiny.is_built(out):
+            tiny.build(out, seed=0)
+    return out
+
+
 def tiny_sft_overrides(tiny: Path, variant: str, model: Path) -> list[str]:
-    """Point a tiny SFT recipe (paths under runs/tiny/) at the session's tiny default and a start checkpoint."""
+    """Point a tiny SFT recipe (paths under runs/tiny/) at the test run's tiny default and a start checkpoint."""
     data = tiny / "data" / f"sft_{variant}"
     return [f"model.path={model}", f"data.train.0.path={data / 'train.jsonl'}",
-            f"data.heldout.0.path={data / 'heldout.jsonl'}"]
+            f"data.heldout.0.path={data / 'heldout.jsonl'}", "logging.progress=false"]
+
+
+# --------------------------------------------------------------------------
+# The learning chains: the tiny recipes as shipped
+
+
+def _sft_run(tiny: Path, variant: str, start: Path):
+    def make(out: Path) -> None:
+        seconds = run_cli(["sft", "--recipe", f"recipes/tiny/{variant}/sft.yaml", "--output-dir", str(out),
+                           *tiny_sft_overrides(tiny, variant, start)], out / "cli.log")
+        (out / "cli_wall_s.txt").write_text(f"{seconds:.1f}\n")
+
+    return make
 
 
 @pytest.fixture(scope="session")
 def sft_think_dir(tiny_dir, tmp_path_factory) -> Path:
-    """Run dir of `posttrain sft --recipe recipes/tiny/think/sft.yaml` from the tiny base.
-
-    OUT/checkpoint/ (the Think SFT checkpoint), metrics.jsonl, manifest.json,
-    plots/, cli.log and cli_wall_s.txt (the command's wall seconds).
-    """
-    out = tmp_path_factory.mktemp("sft_think")
-    run_stage_cli("sft", "recipes/tiny/think/sft.yaml", out, tiny_sft_overrides(tiny_dir, "think", tiny_dir / "base"))
-    return out
+    """Run dir of `posttrain sft --recipe recipes/tiny/think/sft.yaml` from the tiny base: checkpoint/,
+    metrics.jsonl, manifest.json, plots/, cli.log and cli_wall_s.txt (the command's wall seconds)."""
+    return run_once(shared_root(tmp_path_factory), "sft_think", _sft_run(tiny_dir, "think", tiny_dir / "base"))
 
 
 @pytest.fixture(scope="session")
 def sft_instruct_dir(tiny_dir, sft_think_dir, tmp_path_factory) -> Path:
-    """Run dir of `posttrain sft --recipe recipes/tiny/instruct/sft.yaml`, started from the Think SFT
-    checkpoint as in Olmo 3; same layout as `sft_think_dir`."""
-    out = tmp_path_factory.mktemp("sft_instruct")
+    """Run dir of `posttrain sft --recipe recipes/tiny/instruct/sft.yaml`, started from the Think SFT checkpoint
+    as in Olmo 3; same layout as `sft_think_dir`."""
     start = sft_think_dir / "checkpoint"
-    run_stage_cli("sft", "recipes/tiny/instruct/sft.yaml", out, tiny_sft_overrides(tiny_dir, "instruct", start))
-    return out
+    return run_once(shared_root(tmp_path_factory), "sft_instruct", _sft_run(tiny_dir, "instruct", start))
+
+
+LEARNING_EVAL_SIZE = 200  # held-out prompts (and pairs) per checkpoint in the learning chains' suite
+
+
+def _learning_chain(tiny: Path, variant: str, sft_dir: Path, base: Path | None = None):
+    def make(out: Path) -> None:
+        shutil.copytree(sft_dir, out / "sft")  # the pipeline's skip rule recognises the SFT run
+        base_args = ["--base", str(base)] if base is not None else []
+        run_cli(["pipeline", "--variant", variant, "--tiny", str(tiny), "--run-dir", str(out), *base_args,
+                 "--eval-size", str(LEARNING_EVAL_SIZE), "rlvr:eval.every=0", "logging.progress=false"],
+                out / "pipeline.log")
+
+    return make
 
 
 @pytest.fixture(scope="session")
-def tiny_sft_dirs(sft_think_dir, sft_instruct_dir) -> dict[str, Path]:
-    """{"think": run dir, "instruct": run dir} of the tiny SFT stage (each holds checkpoint/)."""
-    return {"think": sft_think_dir, "instruct": sft_instruct_dir}
+def think_chain(tiny_dir, sft_think_dir, tmp_path_factory) -> Path:
+    """The Think chain as shipped: RUN/{sft,dpo,rlvr}, RUN/eval.json (the held-out suite on every checkpoint)."""
+    return run_once(shared_root(tmp_path_factory), "chain_think", _learning_chain(tiny_dir, "think", sft_think_dir))
+
+
+@pytest.fixture(scope="session")
+def instruct_chain(tiny_dir, sft_think_dir, sft_instruct_dir, tmp_path_factory) -> Path:
+    """The Instruct chain as shipped, from the Think SFT checkpoint; layout as `think_chain`."""
+    make = _learning_chain(tiny_dir, "instruct", sft_instruct_dir, base=sft_think_dir / "checkpoint")
+    return run_once(shared_root(tmp_path_factory), "chain_instruct", make)
+
+
+@pytest.fixture
+def chain(request) -> Path:
+    """The learning chain of the test's `variant` parameter ("think" or "instruct"); a test parametrized so marks
+    each case with its variant's xdist group (`pytest.mark.xdist_group(variant)`)."""
+    return request.getfixturevalue(f"{request.getfixturevalue('variant')}_chain")
+
+
+# --------------------------------------------------------------------------
+# The learning summary: what each learning assertion measured, printed at the end of the run
+
+LEARNING_FILE = "learning.jsonl"
+
+
+@pytest.fixture
+def record(request, tmp_path_factory):
+    """record(what, value, threshold): note a learning assertion's measured value for the run's summary."""
+    import json
+
+    def note(what: str, value: float, threshold: float) -> None:
+        line = {"test": request.node.nodeid, "what": what, "value": value, "threshold": threshold}
+        with open(shared_root(tmp_path_factory) / LEARNING_FILE, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    return note
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The learning summary: each learning assertion's measured value beside its threshold."""
+    import json
+
+    factory = getattr(config, "_tmp_path_factory", None)
+    path = factory.getbasetemp() / LEARNING_FILE if factory is not None else None
+    if path is None or not path.is_file() or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    terminalreporter.section("learning summary (measured value, threshold)")
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        mark = "ok " if row["value"] >= row["threshold"] else "LOW"
+        terminalreporter.write_line(f"{mark} {row['value']:8.3f} >= {row['threshold']:<6.3f} {row['what']}")
+
+
+# --------------------------------------------------------------------------
+# The plumbing chains: every stage, a few steps each
+
+PLUMBING_OVERRIDES = (
+    "sft:optim.max_steps=3", "sft:data.train.0.count=96", "sft:data.heldout.0.count=16",
+    "dpo:optim.max_steps=3", "dpo:data.train.0.count=48", "dpo:data.heldout.0.count=16",
+    "rlvr:grpo.steps=3", "rlvr:eval.every=0", "rlvr:eval.max_prompts=16",
+    "logging.progress=false",
+)
+PLUMBING_EVAL_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def plumbing_chains(tiny_dir, tmp_path_factory) -> Path:
+    """`posttrain demo` on the test run's tiny default with `PLUMBING_OVERRIDES`: RUN/{think,instruct}/{sft,dpo,rlvr},
+    eval.json, the report; RUN/demo.log holds what it printed."""
+
+    def make(out: Path) -> None:
+        run_cli(["demo", "--tiny", str(tiny_dir), "--run-dir", str(out), "--eval-size", str(PLUMBING_EVAL_SIZE),
+                 *PLUMBING_OVERRIDES], out / "demo.log")
+
+    return run_once(shared_root(tmp_path_factory), "plumbing", make)

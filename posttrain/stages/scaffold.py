@@ -18,8 +18,9 @@ first, Ray too if this run started it, and the signal handlers are restored.
 
 Graceful stop. The first Ctrl-C or SIGTERM lets the current step finish;
 `steps` then saves a resumable checkpoint and raises `Interrupted` (exit
-status 130, the shell's for an interrupted command). A second signal aborts
-at once, without saving. `--resume` continues from the checkpoint.
+status 130, the shell's for an interrupted command), unless that step was the
+last: then the run finishes as usual. A second signal aborts at once, without
+saving. `--resume` continues from the checkpoint.
 """
 
 from __future__ import annotations
@@ -101,14 +102,19 @@ class StageRun:
         from transformers import AutoTokenizer
 
         self.started = time.time()
-        self.resume_from = start_run(self.run_dir, self.resume, self.stage)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model.path)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
-        self.owns_ray = not ray.is_initialized()
-        init_ray(self.config.distributed.ray_address)
-        self.signals.install()
+        self.signals.install()  # first: a stop asked for during start-up is honoured after the first step
+        self.owns_ray = False
+        try:
+            self.resume_from = start_run(self.run_dir, self.resume, self.stage)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            self.tokenizer = AutoTokenizer.from_pretrained(self.config.model.path)
+            pad = self.tokenizer.pad_token_id
+            self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+            self.owns_ray = not ray.is_initialized()
+            init_ray(self.config.distributed.ray_address)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -167,7 +173,9 @@ class StageRun:
             yield step
             self._bar.update(1)
             done = step + 1
-            if self.signals.requested or (every and done % every == 0 and done < total):
+            if done == total:  # the last step: the run finishes and exports, whatever was asked
+                break
+            if self.signals.requested or (every and done % every == 0):
                 self.save_resumable(done, trainer_state(done))
             if self.signals.requested:
                 print(f"[{self.stage}] stopped by {self.signals.requested}: resumable checkpoint at step {done} in "

@@ -2,7 +2,8 @@
 
 `build(out_dir, seed)` writes DIR/base/ (a Hugging Face checkpoint with the
 tokenizer and chat template), DIR/data/NAME/{train,heldout}.jsonl and
-DIR/build.json; `is_built(out_dir)` says whether a complete build is there.
+DIR/build.json; `is_built(out_dir)` says whether a complete build is there;
+`build_key(seed)` fingerprints what a build depends on (code, seed, versions).
 Nothing is downloaded; torch and transformers load only when building.
 
 Modules: tasks/constraints/lexicon (toy task generators), datasets (rows and
@@ -10,6 +11,6 @@ pretraining text), tokenizer (BPE + chat template), model (Olmo3Config),
 pretrain (the short CPU run), builder (orchestration, atomic write).
 """
 
-from posttrain.tiny.builder import build, is_built
+from posttrain.tiny.builder import build, build_key, is_built
 
-__all__ = ["build", "is_built"]
+__all__ = ["build", "build_key", "is_built"]

@@ -52,6 +52,22 @@ def is_built(out_dir: str | os.PathLike) -> bool:
     return info.get("format") == FORMAT and all(f.is_file() for f in files)
 
 
+def build_key(seed: int = 0) -> str:
+    """What a build depends on, as 16 hex digits: this package's code and the chat template it renders with,
+    the seed, the format, and the versions of the libraries that compute it. A cache of builds keyed by it
+    (the test suite's) never serves a stale one."""
+    from importlib.metadata import version
+
+    from posttrain.data import chat
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")) + [Path(chat.__file__)]:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    versions = {name: version(name) for name in ("torch", "transformers", "tokenizers")}
+    digest.update(json.dumps({"seed": seed, "format": FORMAT, "versions": versions}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def read_build_info(out_dir: str | os.PathLike) -> dict:
     return json.loads((Path(out_dir) / BUILD_FILE).read_text())
 

@@ -1,8 +1,7 @@
-"""`posttrain dpo` on the tiny SFT checkpoint: resuming after a kill, and the reference cache on a rerun.
+"""`posttrain dpo` on a tiny SFT checkpoint: resuming after a kill, and the reference cache on a rerun.
 
 Whether the tiny DPO recipes learn (held-out preference accuracy before and
-after) is asserted on the demo's chains, which run them as shipped
-(tests/e2e/test_chain_e2e.py).
+after) is asserted on the chains that run them as shipped (tests/e2e/test_learning.py).
 """
 
 from __future__ import annotations
@@ -52,10 +51,10 @@ def _kill_when(process: subprocess.Popen, ready: Path, timeout: float) -> None:
     process.wait()
 
 
-def test_tiny_dpo_resumes_after_a_kill_and_reuses_the_reference_cache(tiny_dir, tiny_sft_dirs, tmp_path):
+def test_tiny_dpo_resumes_after_a_kill_and_reuses_the_reference_cache(tiny_dir, plumbing_chains, tmp_path):
     short = ["data.train.0.count=48", "data.heldout.0.count=32", "batch.sequences=8", "batch.micro_batch_size=4", "output.save_every=2",
              "output.keep_last=3", "logging.every=1"]
-    sft = tiny_sft_dirs["think"]
+    sft = plumbing_chains / "think" / "sft"
     straight = tmp_path / "straight"
     run(dpo_command("think", tiny_dir, sft, straight, *short))
 

@@ -2,7 +2,7 @@
 
 The learning test runs the real stage (Ray, the engine actor, the DeepSpeed
 learner, reward workers importing the user's module) from the tiny Think SFT
-checkpoint. The logging test reads the Think chain's RLVR run (`tiny_chains`).
+checkpoint. The logging test reads the Think plumbing chain's RLVR run (`plumbing_chains`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from posttrain.metrics import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
+PLUGIN_REWARD_GAIN_MIN = 0.15  # mean reward, last 5 steps over the first 5
 
 
 SHORT_ANSWERS = textwrap.dedent("""
@@ -34,10 +35,12 @@ SHORT_ANSWERS = textwrap.dedent("""
 """)
 
 
-def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir, tmp_path):
+@pytest.mark.xdist_group("think")  # beside the Think chain, which trains the SFT checkpoint it starts from
+def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir, tmp_path, record):
     """GRPO from the tiny Think SFT checkpoint with a verifier from a user's module (`verifiers.modules`):
-    reward 1 for an answer shorter than 60 characters. About a third of the answers start below it; the
-    policy must learn to answer shorter within 20 steps."""
+    reward 1 for an answer shorter than 60 characters. Some of the answers start below it; the policy must
+    learn to answer shorter within 20 steps. The threshold is under the worst case measured over several
+    seeds, with a margin (tests/e2e/test_learning.py says why)."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "short_answers.py").write_text(SHORT_ANSWERS)
@@ -57,15 +60,13 @@ def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir,
     steps = [r for r in read_metrics(run) if "reward/mean" in r]
     first = sum(r["reward/mean"] for r in steps[:5]) / 5
     last = sum(r["reward/mean"] for r in steps[-5:]) / 5
-    lengths = [r["response/length"] for r in steps]
-    print(f"plugged-in verifier: reward {first:.2f} -> {last:.2f} over {len(steps)} steps; "
-          f"response length {sum(lengths[:5]) / 5:.0f} -> {sum(lengths[-5:]) / 5:.0f} tokens")
-    assert first < 0.7 and last >= first + 0.25
-    assert sum(lengths[-5:]) < sum(lengths[:5])
+    record(f"plugged-in verifier: reward gain over 20 steps (first 5 steps {first:.3f})", last - first,
+           PLUGIN_REWARD_GAIN_MIN)
+    assert first < 0.8 and last - first >= PLUGIN_REWARD_GAIN_MIN
 
 
-def test_rlvr_logs_every_metric_and_phase_and_draws_curves(tiny_chains):
-    run: Path = tiny_chains / "think" / "rlvr"
+def test_rlvr_logs_every_metric_and_phase_and_draws_curves(plumbing_chains):
+    run: Path = plumbing_chains / "think" / "rlvr"
     config = load_recipe(run / "config.yaml")
     steps = [r for r in read_metrics(run) if "reward/mean" in r]
     assert steps[-1]["step"] == config.grpo.steps
@@ -83,6 +84,6 @@ def test_rlvr_logs_every_metric_and_phase_and_draws_curves(tiny_chains):
     for name in ("reward", "time", "is_ratio", "idle"):
         assert (run / "plots" / f"{name}.png").is_file()
     manifest = json.loads((run / EXPORT_DIR / MANIFEST).read_text())
-    assert manifest["stage"] == "rlvr" and manifest["parent"]["path"] == str(tiny_chains / "think" / "dpo" / EXPORT_DIR)
+    assert manifest["stage"] == "rlvr" and manifest["parent"]["path"] == str(plumbing_chains / "think" / "dpo" / EXPORT_DIR)
     assert set(manifest["placement"]) >= {"learner", "engine"}
     assert (run / EXPORT_DIR / "tokenizer.json").is_file() and (run / EXPORT_DIR / "config.json").is_file()
