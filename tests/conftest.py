@@ -7,6 +7,9 @@ The tiny default is built once per test run, and across runs on one machine it i
 $POSTTRAIN_TEST_CACHE (default ~/.cache/posttrain/tests), keyed by `posttrain.tiny.build_key` (its code, seed and
 package versions); POSTTRAIN_TEST_TINY=DIR uses (or builds) DIR instead.
 
+Ray. Under pytest-xdist (`make test`, `make check`) one Ray serves the whole run: the controller starts it and the
+workers, and every CLI run they start, join it (RAY_ADDRESS). A plain `pytest` run starts Ray where a test needs it.
+
 Chains. Two kinds, each run once per test run and shared by the pytest workers (under pytest-xdist, the first worker
 to ask runs it while the others wait for it):
 - `plumbing_chains`: `posttrain demo` with a few steps per stage, for what any run must produce (manifests, the
@@ -57,6 +60,37 @@ def pytest_collection_modifyitems(config, items):
 
 # pytest-xdist reads the groups in its own collection hook: ours must add them first.
 pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
+
+
+# --------------------------------------------------------------------------
+# One Ray per test run (under pytest-xdist)
+
+RAY_TEST_CPUS = 8  # logical CPUs: room for both workers' runs side by side (an RLVR run reserves 2 or 3)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the controller starts one Ray before it starts the workers; they, and every CLI they run,
+    join it through RAY_ADDRESS (`init_ray` joins when it is set), instead of each starting a Ray of its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None) \
+            or os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+
+    from posttrain.orchestration.cluster import init_ray
+
+    init_ray(num_cpus=RAY_TEST_CPUS)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    config.stash[RAY_KEY] = True
+
+
+def pytest_unconfigure(config):
+    if config.stash.get(RAY_KEY, False):
+        import ray
+
+        ray.shutdown()
+
+
+RAY_KEY = pytest.StashKey[bool]()
 
 
 # --------------------------------------------------------------------------

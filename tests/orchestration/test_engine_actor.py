@@ -10,6 +10,7 @@ import torch
 
 from posttrain.config import RolloutSection
 from posttrain.orchestration.actors import EngineSyncClient, engine_alive, spawn_engine_actor
+from posttrain.orchestration.cluster import init_ray
 from posttrain.rollout.testing import build_checkpoint, random_weights
 
 pytestmark = pytest.mark.slow  # Ray start-up and one worker process per engine: 10 s and more each
@@ -22,7 +23,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    init_ray(num_cpus=2)  # (joins the test run's Ray when there is one)
     yield
     ray.shutdown()
 

@@ -32,7 +32,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module: 3 logical CPUs (a learner, an engine, a spare) on this machine."""
+    """A local Ray for the module, 3 logical CPUs (a learner, an engine, a spare), or the test run's Ray."""
     import ray
 
     from posttrain.orchestration.cluster import init_ray
@@ -139,16 +139,19 @@ def test_verifier_errors_crashes_and_timeouts_score_zero_and_are_counted(toy, lo
 
 
 def test_a_recipe_that_does_not_fit_the_cluster_fails_naming_what_is_missing(toy, local_ray):
+    import ray
+
     from posttrain.orchestration.cluster import ClusterResourceError
     from posttrain.orchestration.topology import check_resources
 
-    config = rlvr_toy.recipe(toy, Path("unused"), **{"rollout.num_engines": 8, "verifiers.cpus_per_worker": 0.5})
+    total = int(ray.cluster_resources()["CPU"])
+    config = rlvr_toy.recipe(toy, Path("unused"), **{"rollout.num_engines": total, "verifiers.cpus_per_worker": 0.5})
     with pytest.raises(ClusterResourceError) as err:
         check_resources(config)
     message = str(err.value)
-    assert "engine 8 x {'CPU': 1.0}" in message and "learner 1 x {'CPU': 1.0}" in message
+    assert f"engine {total} x {{'CPU': 1.0}}" in message and "learner 1 x {'CPU': 1.0}" in message
     assert "reward 1 x {'CPU': 0.5}" in message
-    assert "CPU: needs 9.5, the cluster has 3" in message
+    assert f"CPU: needs {total + 1.5:g}, the cluster has {total}" in message
     gpu = rlvr_toy.recipe(toy, Path("unused"), **{"distributed.use_gpu": True})
     with pytest.raises(ClusterResourceError, match="GPU: needs 2, the cluster has 0"):
         check_resources(gpu)
