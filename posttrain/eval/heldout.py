@@ -138,7 +138,8 @@ def generation_metrics(checkpoint: str | Path, suite: Suite, engine: str = "hf")
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     prompts = heldout_prompts(suite.prompt_rows, tokenizer, suite.max_prompt_length, None)
-    options = RolloutSection(engine=engine, max_response_length=suite.max_tokens, max_prompt_length=suite.max_prompt_length)
+    options = RolloutSection(engine=engine, max_response_length=suite.max_tokens,
+                             max_prompt_length=suite.max_prompt_length)
     model = build_engine(str(checkpoint), options, seed=0)
     try:
         completions = model.generate([p.ids for p in prompts], 1, temperature=0.0, max_tokens=suite.max_tokens, seed=0)

@@ -131,8 +131,9 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 scored = score_step(rollouts.groups, config)
                 kept = select_groups(scored.equal, grpo.prompts_per_step, grpo.filter_equal_groups)
                 samples = step_samples(rollouts.groups, scored, keep=kept, overlong=grpo.overlong)
-                plan = plan_update(samples, minibatches=grpo.minibatches, micro_batch_size=config.batch.micro_batch_size,
-                                   world_size=world, aggregation=grpo.loss_aggregation, pad_id=run.pad_id,
+                plan = plan_update(samples, minibatches=grpo.minibatches,
+                                   micro_batch_size=config.batch.micro_batch_size, world_size=world,
+                                   aggregation=grpo.loss_aggregation, pad_id=run.pad_id,
                                    seed=config.seed * 100_003 + step) if samples else None
             with timers("logprobs"):
                 if plan is not None:
@@ -161,7 +162,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         # ---- export, manifest, plots
         final = {**last, "steps": grpo.steps, **{f"before/{k}": v for k, v in evals.get(0, {}).items()},
                  **evals.get(grpo.steps, {})}
-        extra = {"startup_s": startup_s, "engine_restarts": engines.restarts, "evals": {str(k): v for k, v in evals.items()},
+        extra = {"startup_s": startup_s, "engine_restarts": engines.restarts,
+                 "evals": {str(k): v for k, v in evals.items()},
                  "placement": placement(learner=learners.placement_group, engine=engines.group, reward=scorers.group,
                                         reference=reference.group if reference is not None else None)}
         wall = run.finish(final, data={**data.report(), "unscored": dict(queue.unscored_total)}, extra=extra,

@@ -27,10 +27,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 VARIANTS = [pytest.param(v, marks=pytest.mark.xdist_group(v), id=v) for v in ("think", "instruct")]
 
 # Thresholds (see the module docstring for how they were set).
-SFT_WELL_FORMED_MIN = 0.85  # greedy answers to held-out SFT prompts in the variant's shape
-DPO_PREF_ACC_MIN = 0.85  # held-out preference accuracy after DPO (all held-out pairs)
-RLVR_TRAIN_REWARD_GAIN_MIN = 0.05  # mean training reward, last 10 steps over the first 10
-RLVR_HELDOUT_GAIN_MIN = {"think": 0.05, "instruct": 0.05}  # held-out suite pass@1, RLVR checkpoint over DPO's
+SFT_WELL_FORMED_MIN = 0.85  # greedy answers to held-out SFT prompts in the variant's shape (the base: none)
+DPO_PREF_ACC_MIN = 0.9  # held-out preference accuracy after DPO (all held-out pairs)
+DPO_PREF_ACC_GAIN_MIN = 0.05  # ... over the SFT checkpoint's
+RLVR_TRAIN_REWARD_GAIN_MIN = 0.03  # mean training reward, last third of the steps over the first third
+RLVR_HELDOUT_GAIN_MIN = 0.05  # held-out pass@1, RLVR checkpoint over DPO's, mean of both variants
 
 
 def suite(chain: Path) -> dict:
@@ -101,8 +102,10 @@ def test_dpo_raises_heldout_preference_accuracy(variant, chain, record):
     run = chain / "dpo"
     metrics = read_json(run / MANIFEST)["metrics"]
     before, after = metrics["heldout_pref_acc_before"], metrics["heldout_pref_acc"]
-    record(f"{variant} DPO: held-out preference accuracy (before {before:.3f})", after, DPO_PREF_ACC_MIN)
-    assert before < DPO_PREF_ACC_MIN <= after
+    record(f"{variant} DPO: held-out preference accuracy", after, DPO_PREF_ACC_MIN)
+    record(f"{variant} DPO: held-out preference accuracy gain ({before:.3f} -> {after:.3f})", after - before,
+           DPO_PREF_ACC_GAIN_MIN)
+    assert after >= DPO_PREF_ACC_MIN and after - before >= DPO_PREF_ACC_GAIN_MIN, (before, after)
     assert metrics["heldout_reward_margin"] > 0
     results = suite(chain)
     assert results["dpo"]["pref_acc"] > results["sft"]["pref_acc"]
@@ -116,19 +119,28 @@ def test_dpo_raises_heldout_preference_accuracy(variant, chain, record):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rlvr_raises_the_training_reward(variant, chain, record):
+    """The mean verifier score of the sampled responses, over the first and the last third of the steps."""
     steps = [r["reward/mean"] for r in read_metrics(chain / "rlvr") if "reward/mean" in r]
-    first, last = sum(steps[:10]) / 10, sum(steps[-10:]) / 10
-    record(f"{variant} RLVR: training reward gain (first 10 steps {first:.3f})", last - first, RLVR_TRAIN_REWARD_GAIN_MIN)
+    third = len(steps) // 3
+    first, last = sum(steps[:third]) / third, sum(steps[-third:]) / third
+    record(f"{variant} RLVR: training reward gain ({first:.3f} -> {last:.3f})", last - first,
+           RLVR_TRAIN_REWARD_GAIN_MIN)
     assert last - first >= RLVR_TRAIN_REWARD_GAIN_MIN, steps
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_rlvr_raises_heldout_pass_at_1(variant, chain, record):
-    """Greedy pass@1 on the suite's held-out prompts, from the saved DPO and RLVR checkpoints."""
-    results = suite(chain)
-    before, after = results["dpo"], results["rlvr"]
-    gain = after["pass@1"] - before["pass@1"]
-    record(f"{variant} RLVR: held-out pass@1 gain ({before['pass@1']:.3f} -> {after['pass@1']:.3f}; math "
-           f"{before['pass@1/math']:.3f} -> {after['pass@1/math']:.3f}, ifeval {before['pass@1/ifeval']:.3f} -> "
-           f"{after['pass@1/ifeval']:.3f})", gain, RLVR_HELDOUT_GAIN_MIN[variant])
-    assert gain >= RLVR_HELDOUT_GAIN_MIN[variant], (before, after)
+def test_rlvr_raises_heldout_pass_at_1(think_chain, instruct_chain, record):
+    """Greedy pass@1 on the suite's held-out prompts (200 per variant), from the saved DPO and RLVR checkpoints.
+
+    Asserted over both variants together (400 prompts): one variant's gain on 200 prompts moves by more from
+    machine to machine than the pooled one (each variant's is in the learning summary)."""
+    gains = []
+    for variant, chain in (("think", think_chain), ("instruct", instruct_chain)):
+        results = suite(chain)
+        before, after = results["dpo"], results["rlvr"]
+        gains.append(after["pass@1"] - before["pass@1"])
+        record(f"{variant} RLVR: held-out pass@1 gain ({before['pass@1']:.3f} -> {after['pass@1']:.3f}; math "
+               f"{before['pass@1/math']:.3f} -> {after['pass@1/math']:.3f}, ifeval {before['pass@1/ifeval']:.3f} -> "
+               f"{after['pass@1/ifeval']:.3f}; not asserted alone)", gains[-1], float("-inf"))
+    pooled = sum(gains) / len(gains)
+    record("RLVR: held-out pass@1 gain, both variants", pooled, RLVR_HELDOUT_GAIN_MIN)
+    assert pooled >= RLVR_HELDOUT_GAIN_MIN, gains

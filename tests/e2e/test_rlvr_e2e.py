@@ -22,7 +22,7 @@ from posttrain.metrics import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-PLUGIN_REWARD_GAIN_MIN = 0.15  # mean reward, last 5 steps over the first 5
+PLUGIN_REWARD_GAIN_MIN = 0.25  # mean reward, last 5 steps over the first 5
 
 
 SHORT_ANSWERS = textwrap.dedent("""
@@ -62,7 +62,7 @@ def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir,
     last = sum(r["reward/mean"] for r in steps[-5:]) / 5
     record(f"plugged-in verifier: reward gain over 20 steps (first 5 steps {first:.3f})", last - first,
            PLUGIN_REWARD_GAIN_MIN)
-    assert first < 0.8 and last - first >= PLUGIN_REWARD_GAIN_MIN
+    assert first < 0.7 and last - first >= PLUGIN_REWARD_GAIN_MIN
 
 
 def test_rlvr_logs_every_metric_and_phase_and_draws_curves(plumbing_chains):
