@@ -37,12 +37,13 @@ tiny: install
 demo: install
 	$(BIN)/posttrain demo --tiny $(TINY) --run-dir $(RUN_DIR)
 
-# Two workers: one trains the Think chain, the other the Instruct chain and the rest (tests/conftest.py).
+# Two workers: one trains the Think chain, the other the Instruct chain and the rest, in the order
+# tests/conftest.py gives (longest work first; --no-loadscope-reorder keeps it).
 test: install chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
-check: install
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not tiny" --durations=15 $(PYTEST_ARGS)
+check: install chromium
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not tiny" --durations=15 $(PYTEST_ARGS)
 
 # The report test renders HTML in headless Chromium (Debian package); installed here when missing and root.
 chromium:

@@ -40,10 +40,11 @@ TINY_FIXTURES = {"tiny_dir", "sft_think_dir", "sft_instruct_dir", "think_chain",
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that need the tiny build; deselect `gpu` tests where there is no CUDA."""
+    """Mark the tests that need the tiny build, order the run (`run_order`), deselect `gpu` tests without CUDA."""
     for item in items:
         if TINY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.tiny)
+    items.sort(key=run_order)  # (a stable sort: the order within each bucket is the collection's)
     try:
         import torch
 
@@ -56,6 +57,20 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if "gpu" not in item.keywords]
+
+
+def run_order(item) -> int:
+    """Longest work first, so that two workers finish together (xdist hands out tests in this order): the Think
+    chain's group, then the slow tests that need no tiny build (run while the other worker builds it), the
+    Instruct chain's group (its SFT starts from the Think SFT), the other tests on the tiny build, the rest."""
+    groups = {mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args}
+    if "think" in groups:
+        return 0
+    if "tiny" not in item.keywords and ("slow" in item.keywords or "e2e" in item.keywords):
+        return 1
+    if "instruct" in groups:
+        return 2
+    return 3 if "tiny" in item.keywords else 4
 
 
 # pytest-xdist reads the groups in its own collection hook: ours must add them first.

@@ -102,7 +102,6 @@ class StageRun:
         from transformers import AutoTokenizer
 
         self.started = time.time()
-        self.signals.install()  # first: a stop asked for during start-up is honoured after the first step
         self.owns_ray = False
         try:
             self.resume_from = start_run(self.run_dir, self.resume, self.stage)
@@ -112,6 +111,7 @@ class StageRun:
             self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
             self.owns_ray = not ray.is_initialized()
             init_ray(self.config.distributed.ray_address)
+            self.signals.install()  # after Ray's own SIGTERM handler (ray.init installs one), which it replaces
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -35,7 +35,6 @@ SHORT_ANSWERS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xdist_group("think")  # beside the Think chain, which trains the SFT checkpoint it starts from
 def test_rlvr_learns_what_a_plugged_in_verifier_rewards(sft_think_dir, tiny_dir, tmp_path, record):
     """GRPO from the tiny Think SFT checkpoint with a verifier from a user's module (`verifiers.modules`):
     reward 1 for an answer shorter than 60 characters. Some of the answers start below it; the policy must

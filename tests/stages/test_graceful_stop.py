@@ -1,10 +1,10 @@
 """A stop signal in the middle of any stage leaves a resumable checkpoint, and `--resume` finishes the run from it.
 
-For each of SFT, DPO and RLVR: the real CLI in a subprocess (its own local
-Ray) on a micro model; once two steps are in metrics.jsonl it gets SIGINT
-sent to its whole process group, as a terminal's Ctrl-C does (Ray's own
-processes included), or SIGTERM sent to the driver alone, as a scheduler
-does. The run finishes its step, saves a resumable checkpoint, exports
+For each of SFT, DPO and RLVR: the real CLI in a subprocess on a micro
+model (joining the test run's Ray, or for RLVR starting its own); once two
+steps are in metrics.jsonl it gets SIGINT sent to its whole process group, as
+a terminal's Ctrl-C does (for RLVR, Ray's own processes included), or SIGTERM
+sent to the driver alone, as a scheduler does. The run finishes its step, saves a resumable checkpoint, exports
 nothing and exits with status 130 (posttrain/stages/scaffold.py); `--resume`
 then runs the remaining steps, each logged once, and exports. SFT and DPO
 train through DeepSpeed ZeRO-2, the RLVR toy on the plain torch backend, so
@@ -69,9 +69,11 @@ def write_recipe(stage: str, tmp_path: Path, out: Path) -> Path:
     return recipe
 
 
-def start(stage: str, recipe: Path, log: Path, *extra: str) -> subprocess.Popen:
-    """`python -m posttrain STAGE --recipe RECIPE`, in a session of its own, its output in `log`."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+def start(stage: str, recipe: Path, log: Path, *extra: str, own_ray: bool = False) -> subprocess.Popen:
+    """`python -m posttrain STAGE --recipe RECIPE`, in a session of its own, its output in `log`; with `own_ray`
+    it starts a local Ray of its own (in its session: a signal to the group reaches Ray's processes too) instead
+    of joining the test run's."""
+    env = {k: v for k, v in os.environ.items() if not (own_ray and k == "RAY_ADDRESS")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])))
     with open(log, "w") as handle:  # a file, not a pipe: a chatty run never blocks on a full pipe
         return subprocess.Popen([sys.executable, "-m", "posttrain", stage, "--recipe", str(recipe), *extra],
@@ -88,15 +90,15 @@ def training_steps(out: Path, stage: str) -> list[int]:
 
 @pytest.mark.parametrize("stage, sig, to_group", [
     ("sft", signal.SIGTERM, False),  # a scheduler's stop, to the driver alone
-    ("dpo", signal.SIGINT, True),  # a terminal's Ctrl-C, to the whole process group
-    ("rlvr", signal.SIGINT, True),
+    ("dpo", signal.SIGINT, True),  # a terminal's Ctrl-C, to the driver's process group
+    ("rlvr", signal.SIGINT, True),  # ... with a Ray of its own in that group
 ], ids=["sft-SIGTERM", "dpo-SIGINT", "rlvr-SIGINT"])
 def test_a_stop_signal_saves_a_resumable_checkpoint_and_resume_finishes(stage, sig, to_group, tmp_path):
     total, out = STEPS[stage], tmp_path / "run"
     recipe = write_recipe(stage, tmp_path, out)
 
     log = tmp_path / "interrupted.log"
-    proc = start(stage, recipe, log)
+    proc = start(stage, recipe, log, own_ray=stage == "rlvr")
     try:
         deadline = time.time() + 600
         while len(training_steps(out, stage)) < 2:
