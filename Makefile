@@ -37,8 +37,8 @@ tiny: install
 demo: install
 	$(BIN)/posttrain demo --tiny $(TINY) --run-dir $(RUN_DIR)
 
-# Two workers: one trains the Think chain, the other the Instruct chain and the rest, in the order
-# tests/conftest.py gives (longest work first; --no-loadscope-reorder keeps it).
+# Two workers, handed tests in the order tests/conftest.py gives (longest work first; --no-loadscope-reorder
+# keeps it): one trains the Think chain while the other runs the slow tests that need no tiny build.
 test: install chromium
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 

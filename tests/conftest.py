@@ -16,8 +16,7 @@ worker to ask runs it while the others wait for it):
   skip rule, evaluation, report, model cards, exports that load in transformers and vLLM);
 - `think_chain`, `instruct_chain`: the tiny recipes as shipped, SFT (`sft_think_dir`, `sft_instruct_dir`) then
   DPO and RLVR, with the held-out suite on every checkpoint, for the tests that assert that each stage learns.
-  The two chains are independent after SFT; their tests carry the xdist groups "think" and "instruct", so each
-  chain trains on one worker while the other worker trains the other one.
+  The two chains are independent after SFT, so the two workers can train one each (`run_order`).
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if TINY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.tiny)
-    items.sort(key=run_order)  # (a stable sort: the order within each bucket is the collection's)
+    first_think = next((item for item in items if chain_variant(item) == "think"), None)
+    items.sort(key=lambda item: run_order(item, first_think))  # stable: each bucket keeps the collection's order
     try:
         import torch
 
@@ -59,22 +59,30 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "gpu" not in item.keywords]
 
 
-def run_order(item) -> int:
-    """Longest work first, so that two workers finish together (xdist hands out tests in this order): the Think
-    chain's group, then the slow tests that need no tiny build (run while the other worker builds it), the
-    Instruct chain's group (its SFT starts from the Think SFT), the other tests on the tiny build, the rest."""
-    groups = {mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args}
-    if "think" in groups:
+def chain_variant(item) -> str | None:
+    """The learning chain a test reads ("think", "instruct"), or None."""
+    names = set(getattr(item, "fixturenames", ()))
+    for variant in VARIANTS:
+        if f"{variant}_chain" in names:
+            return variant
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("variant") if callspec is not None and "chain" in names else None
+
+
+def run_order(item, first_think) -> int:
+    """Longest work first, so that two workers finish together (xdist hands out tests in this order): one test of
+    the Think chain (its worker builds the tiny default and trains the chain), the slow tests that need no tiny
+    build (the other worker, meanwhile), the Instruct chain's tests (its SFT starts from the Think SFT), the other
+    tests on the tiny build, then the rest."""
+    if item is first_think:
         return 0
     if "tiny" not in item.keywords and ("slow" in item.keywords or "e2e" in item.keywords):
         return 1
-    if "instruct" in groups:
+    if chain_variant(item) == "instruct":
         return 2
     return 3 if "tiny" in item.keywords else 4
 
 
-# pytest-xdist reads the groups in its own collection hook: ours must add them first.
-pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
 
 
 # --------------------------------------------------------------------------
@@ -234,8 +242,7 @@ def instruct_chain(tiny_dir, sft_think_dir, sft_instruct_dir, tmp_path_factory) 
 
 @pytest.fixture
 def chain(request) -> Path:
-    """The learning chain of the test's `variant` parameter ("think" or "instruct"); a test parametrized so marks
-    each case with its variant's xdist group (`pytest.mark.xdist_group(variant)`)."""
+    """The learning chain of the test's `variant` parameter ("think" or "instruct")."""
     return request.getfixturevalue(f"{request.getfixturevalue('variant')}_chain")
 
 

@@ -24,7 +24,7 @@ from posttrain.metrics import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-VARIANTS = [pytest.param(v, marks=pytest.mark.xdist_group(v), id=v) for v in ("think", "instruct")]
+VARIANTS = ("think", "instruct")
 
 # Thresholds (see the module docstring for how they were set).
 SFT_WELL_FORMED_MIN = 0.85  # greedy answers to held-out SFT prompts in the variant's shape (the base: none)

@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "stages"))  # micro.py: the micro model and chats
 
 
-@pytest.mark.xdist_group("think")  # beside the Think chain, which trains this SFT run
 def test_the_sft_checkpoint_is_complete_and_traceable(sft_think_dir, tiny_dir):
     checkpoint = sft_think_dir / EXPORT_DIR
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", MANIFEST):
