@@ -37,8 +37,7 @@ tiny: install
 demo: install
 	$(BIN)/posttrain demo --tiny $(TINY) --run-dir $(RUN_DIR)
 
-# Two workers, handed tests in the order tests/conftest.py gives (longest work first; --no-loadscope-reorder
-# keeps it): one trains the Think chain while the other runs the slow tests that need no tiny build.
+# Two workers, handed tests in the order tests/conftest.py gives (`run_order`; --no-loadscope-reorder keeps it).
 test: install chromium
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
