@@ -128,17 +128,21 @@ def shared_root(tmp_path_factory) -> Path:
 def run_once(root: Path, name: str, make) -> Path:
     """ROOT/NAME made by `make(ROOT/NAME)` exactly once per test run, whichever worker asks first; the others wait.
 
-    A failed `make` leaves no DONE marker: every worker that asks gets the failure again (its own run).
+    A failed `make` is not retried: the workers that ask later fail at once with its error (ROOT/NAME.failed).
     """
     from filelock import FileLock
 
-    out = root / name
+    out, failed = root / name, root / f"{name}.failed"
     with FileLock(str(root / f"{name}.lock")):
+        if failed.is_file():
+            pytest.fail(f"{name} failed earlier in this test run:\n{failed.read_text()}")
         if not (out / ".done").is_file():
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            make(out)
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                make(out)
+            except BaseException as err:
+                failed.write_text(str(err)[-5000:])
+                raise
             (out / ".done").write_text("")
     return out
 

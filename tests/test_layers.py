@@ -64,6 +64,9 @@ def project_modules() -> dict[str, Path]:
     return out
 
 
+MODULES = project_modules()
+
+
 def imported_modules(module: str, path: Path) -> set[str]:
     """Project modules `module` imports, anywhere in its file; `from pkg import name` counts pkg.name if a module."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -79,11 +82,7 @@ def imported_modules(module: str, path: Path) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    modules = project_modules()
-    return {name for name in found if name in modules}
-
-
-MODULES = project_modules()
+    return {name for name in found if name in MODULES}
 
 
 def test_every_module_has_a_layer():

@@ -143,8 +143,12 @@ class Group:
 
     @property
     def verifier_name(self) -> str:
-        v = self.prompt.verifier
-        return v if isinstance(v, str) else "+".join(map(str, v))
+        return verifier_name(self.prompt.verifier)
+
+
+def verifier_name(verifier: Any) -> str:
+    """A row's verifier spec as one name: "math", or "ifeval+format" for several."""
+    return verifier if isinstance(verifier, str) else "+".join(map(str, verifier))
 
 
 @dataclass

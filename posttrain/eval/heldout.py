@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 
 from posttrain.checkpoints import checkpoint_hash, read_json, write_json_atomic
 from posttrain.config import DPOConfig, RLVRConfig
-from posttrain.data.rlvr import Group, heldout_prompts
+from posttrain.data.rlvr import Group, heldout_prompts, verifier_name
 
 PASS = 1.0 - 1e-6  # a score at or above this is a pass
 EVAL_FILE = "eval.json"
@@ -148,10 +148,10 @@ def generation_metrics(checkpoint: str | Path, suite: Suite, engine: str = "hf")
     items = [{"verifier": prompts[c.prompt_index].verifier, "prediction": c.text,
               "label": prompts[c.prompt_index].ground_truth} for c in completions]
     scores = [r.score for r in rewards.score_batch(items, max_workers=1, timeout=10.0)]
-    groups = [Group(prompt=prompts[c.prompt_index], response_ids=[c.token_ids], engine_logprobs=[c.logprobs],
-                    truncated=[c.finish_reason == "length"], version=0, rewards=[score], texts=[c.text])
-              for c, score in zip(completions, scores)]
-    out = {k: v for k, v in summarize(groups, prefix="").items() if k.startswith("pass@1")}
+    by_verifier: dict[str, list[float]] = defaultdict(list)
+    for completion, score in zip(completions, scores):
+        by_verifier[verifier_name(prompts[completion.prompt_index].verifier)].append(score)
+    out = {k: v for k, v in pass_rates(by_verifier).items() if k.startswith("pass@1")}
     n = max(len(completions), 1)
     out["format"] = sum(c.finish_reason == "stop" and is_well_formed(c.text, suite.variant) for c in completions) / n
     out["response_tokens"] = sum(len(c.token_ids) for c in completions) / n

@@ -95,18 +95,17 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         engines.wait_ready()
         scorers.wait_ready()
         start = run.restore(lambda state: check_same_prompts(state, data.fingerprint))
-        state = run.state if start else {"data_position": 0, "train_s": 0.0}
         if start:
             ray.get(sync_weights(learners, engines, start))
         startup_s = time.time() - run.started  # this process's start-up (elapsed() would add earlier runs')
 
         queue = RolloutQueue(
-            engines, scorers, PromptStream(data.prompts, config.data.seed, state["data_position"]),
+            engines, scorers, PromptStream(data.prompts, config.data.seed, run.state.get("data_position", 0)),
             prompts_per_step=grpo.prompts_per_step, n=grpo.samples_per_prompt, max_async_steps=grpo.max_async_steps,
             total_steps=grpo.steps, seed=config.seed, active_sampling=grpo.active_sampling,
             max_rounds=grpo.max_active_sampling_rounds, informative=informative_groups(config),
             sampling=dict(temperature=rollout.temperature, top_p=rollout.top_p, max_tokens=rollout.max_response_length))
-        clock = TrainingClock(state["train_s"])
+        clock = TrainingClock(run.state.get("train_s", 0.0))
         evals: dict[int, dict] = {}
 
         def evaluate(at: int) -> None:

@@ -91,6 +91,7 @@ class StageRun:
         self.learners: LearnerGroup | None = None
         self.start_step, self.elapsed_before = 0, 0.0
         self.resume_from: Path | None = None
+        self.state: dict = {}  # the trainer state a --resume restored ({} on a fresh start)
         self.signals = StopSignals(stage)
         self._parts: list[Shuts] = []
         self._logger: MetricsLogger | None = None
@@ -153,9 +154,8 @@ class StageRun:
     def restore(self, check: Callable[[dict], None]) -> int:
         """With --resume: `check` the saved trainer state, load it into the learners; the step to continue from."""
         if self.resume_from is not None:
-            state = restore_learners(self.learners, self.resume_from, check, self.stage)
-            self.start_step, self.elapsed_before = state["step"], state["elapsed_s"]
-            self.state = state
+            self.state = restore_learners(self.learners, self.resume_from, check, self.stage)
+            self.start_step, self.elapsed_before = self.state["step"], self.state["elapsed_s"]
         return self.start_step
 
     def elapsed(self) -> float:
