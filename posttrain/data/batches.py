@@ -151,6 +151,7 @@ class RolloutBatch(_TensorBatch):
     truncated: Tensor  # (N,) bool, response hit the length limit
     old_logprobs: Tensor | None = None  # (N, Tr) float32 learner log-probs before the update
     ref_logprobs: Tensor | None = None  # (N, Tr) float32 reference-policy log-probs
+    packed: bool = False  # the learner runs the samples as one packed row (`packed_sequences`)
 
     def __post_init__(self) -> None:
         per_token = ("N", "Tr")
@@ -192,3 +193,31 @@ class RolloutBatch(_TensorBatch):
         attention_mask = torch.cat([self.prompt_mask.long(), response_real.long()], dim=1)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         return input_ids, attention_mask, position_ids
+
+    def response_real(self) -> Tensor:
+        """(N, Tr) bool: generated tokens (the rest of each response row is padding)."""
+        steps = torch.arange(self.response_ids.shape[1], device=self.response_ids.device)
+        return steps.unsqueeze(0) < self.response_lengths.unsqueeze(1)
+
+    def response_labels(self) -> Tensor:
+        """(N, Tp + Tr) labels for `sequences()`: the generated tokens, IGNORE_INDEX on prompts and padding."""
+        prompt = torch.full_like(self.prompt_ids, IGNORE_INDEX)
+        return torch.cat([prompt, self.response_ids.masked_fill(~self.response_real(), IGNORE_INDEX)], dim=1)
+
+    def packed_sequences(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The samples' real tokens end to end in one row: (input_ids (1, L), position_ids (1, L), labels (1, L),
+        index (N, Tr)).
+
+        Positions restart at 0 at every sample, which makes transformers attend
+        within each sample only (as packed SFT rows do); labels are the
+        generated tokens; index[i, j] is where response token j of sample i
+        sits in the row (-1 on padding), to bring per-token values back to
+        the (N, Tr) layout of the loss.
+        """
+        real = torch.cat([self.prompt_mask.bool(), self.response_real()], dim=1)  # (N, Tp + Tr)
+        ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        positions = real.long().cumsum(dim=1) - 1
+        labels = self.response_labels()
+        where = real.flatten().long().cumsum(dim=0).view_as(real) - 1  # place of each real token in the row
+        index = where[:, self.prompt_ids.shape[1]:].masked_fill(~self.response_real(), -1)
+        return ids[real].unsqueeze(0), positions[real].unsqueeze(0), labels[real].unsqueeze(0), index

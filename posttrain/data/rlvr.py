@@ -279,10 +279,17 @@ class UpdatePlan:
 
 
 def plan_update(samples: Sequence[Sample], *, minibatches: int, micro_batch_size: int, world_size: int,
-                aggregation: str, pad_id: int, seed: int) -> UpdatePlan:
+                aggregation: str, pad_id: int, seed: int, pack_length: int | None = None) -> UpdatePlan:
     """Shuffle the step's samples (seeded), split them into `minibatches` optimizer updates of equal size
-    (the first ones take the remainder), each over `world_size` ranks in micro-batches of up to
-    `micro_batch_size`. Samples of similar length share a micro-batch to waste less padding."""
+    (the first ones take the remainder), each over `world_size` ranks in micro-batches.
+
+    Unpacked: up to `micro_batch_size` padded samples per micro-batch, samples
+    of similar length together to waste less padding. Packed (`pack_length`):
+    samples fill micro-batches of up to `pack_length` real tokens (first fit,
+    longest first), each run as one row with per-sample masks, and the
+    micro-batches go to the rank with the fewest tokens so far. Ranks with
+    fewer micro-batches get weightless fillers: every rank runs as many
+    forward passes as the others (their collectives must match)."""
     order = list(samples)
     random.Random(seed).shuffle(order)
     count = AGGREGATIONS.get(aggregation).count
@@ -291,14 +298,54 @@ def plan_update(samples: Sequence[Sample], *, minibatches: int, micro_batch_size
         part = order[m::minibatches]
         if not part:
             continue
-        part.sort(key=lambda s: len(s.prompt_ids) + len(s.response_ids))
-        micro = [part[i:i + micro_batch_size] for i in range(0, len(part), micro_batch_size)]
-        per_rank = [micro[r::world_size] for r in range(world_size)]
+        if pack_length is None:
+            part.sort(key=sample_tokens)
+            micro = [part[i:i + micro_batch_size] for i in range(0, len(part), micro_batch_size)]
+            per_rank = [micro[r::world_size] for r in range(world_size)]
+        else:
+            per_rank = balance(pack_samples(part, pack_length), world_size)
         depth = max(len(chunks) for chunks in per_rank)
         filler = [_padding_sample(part[0])]
         per_rank = [chunks + [filler] * (depth - len(chunks)) for chunks in per_rank]
-        ranks = [[rollout_batch(chunk, pad_id) for chunk in chunks] for chunks in per_rank]
+        ranks = [[_collate(chunk, pad_id, packed=pack_length is not None) for chunk in chunks] for chunks in per_rank]
         total = sum(float(count(b.response_mask)) for rank in ranks for b in rank)
         batches.append(ranks)
         normalizers.append(total)
-    return UpdatePlan(batches, normalizers, sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))
+    return UpdatePlan(batches, normalizers, sum(sample_tokens(s) for s in samples))
+
+
+def sample_tokens(sample: Sample) -> int:
+    return len(sample.prompt_ids) + len(sample.response_ids)
+
+
+def pack_samples(samples: Sequence[Sample], pack_length: int) -> list[list[Sample]]:
+    """First-fit decreasing: samples into bins of at most `pack_length` tokens (a longer sample gets its own)."""
+    bins: list[list[Sample]] = []
+    room: list[int] = []
+    for sample in sorted(samples, key=sample_tokens, reverse=True):
+        size = sample_tokens(sample)
+        slot = next((i for i, free in enumerate(room) if free >= size), None)
+        if slot is None:
+            bins.append([sample])
+            room.append(pack_length - size)
+        else:
+            bins[slot].append(sample)
+            room[slot] -= size
+    return bins
+
+
+def balance(bins: list[list[Sample]], world_size: int) -> list[list[list[Sample]]]:
+    """Bins to ranks, largest first, each to the rank holding the fewest tokens (ties: the lowest rank)."""
+    ranks: list[list[list[Sample]]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for chunk in sorted(bins, key=lambda b: sum(map(sample_tokens, b)), reverse=True):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        ranks[rank].append(chunk)
+        load[rank] += sum(map(sample_tokens, chunk))
+    return ranks
+
+
+def _collate(samples: Sequence[Sample], pad_id: int, *, packed: bool) -> RolloutBatch:
+    batch = rollout_batch(samples, pad_id)
+    batch.packed = packed
+    return batch

@@ -164,9 +164,7 @@ class Learner:
                             spec.optim.schedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         if spec.deepspeed.enabled:
-            ds = spec.deepspeed
-            config = deepspeed_config(zero_stage=ds.zero_stage, offload_optimizer=ds.offload_optimizer,
-                                      offload_params=ds.offload_params, micro_batch_size=spec.micro_batch_size,
+            config = deepspeed_config(spec.deepspeed, micro_batch_size=spec.micro_batch_size,
                                       accumulation=spec.accumulation, max_grad_norm=spec.optim.max_grad_norm,
                                       dtype=spec.model.dtype, world_size=world_size)
             self.backend = DeepSpeedBackend(model, optimizer, scheduler, config)
@@ -231,12 +229,12 @@ class Learner:
         `batch` is an SFTBatch-like object (`model_inputs()`, `labels`); see
         `posttrain.algorithms.losses.token_logprobs` for the alignment.
         """
-        from posttrain.algorithms.losses import token_logprobs
+        from posttrain.objectives.forward import label_logprobs
 
         self.model.eval()
         batch = batch.to(self.device)
-        logits = self.model(**batch.model_inputs(), use_cache=False).logits
-        logps, mask = token_logprobs(logits, batch.labels)
+        logps, mask, _ = label_logprobs(self.model, batch.model_inputs(), batch.labels,
+                                        chunk=self.spec.model.loss_chunk_tokens)
         return logps.cpu(), mask.cpu()
 
     # ------------------------------------------------------------------ state

@@ -28,9 +28,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from posttrain.algorithms.losses import PREFERENCE_LOSSES, chosen_nll, sequence_logprobs
+from posttrain.algorithms.losses import PREFERENCE_LOSSES, chosen_nll
 from posttrain.data.batches import PreferenceBatch
 from posttrain.data.preference import concatenated
+from posttrain.objectives.forward import CHUNK_TOKENS, label_logprobs
 
 
 def needs_reference(loss: str) -> bool:
@@ -43,13 +44,14 @@ def needs_reference(loss: str) -> bool:
     return False
 
 
-def policy_logps(model, batch: PreferenceBatch, pad_id: int) -> tuple[Tensor, Tensor]:
+def policy_logps(model, batch: PreferenceBatch, pad_id: int, chunk: int = CHUNK_TOKENS) -> tuple[Tensor, Tensor]:
     """Summed response log-probs under `model`: (chosen (B,), rejected (B,)) float32."""
     inputs = concatenated(batch, pad_id)
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-    logps, _ = sequence_logprobs(logits, inputs["labels"])  # (2B,)
+    labels = inputs.pop("labels")
+    logps, _, _ = label_logprobs(model, inputs, labels, chunk=chunk)
+    sums = logps.sum(dim=-1)  # (2B,)
     n = batch.chosen_input_ids.shape[0]
-    return logps[:n], logps[n:]
+    return sums[:n], sums[n:]
 
 
 def _valid(batch: PreferenceBatch) -> Tensor:
@@ -98,6 +100,7 @@ def dpo_loss_fn(
     pairs_in_step: int,
     world_size: int = 1,
     nll_weight: float = 0.0,
+    chunk: int = CHUNK_TOKENS,
 ) -> tuple[Tensor, dict[str, float]]:
     """(sum of the micro-batch's pair losses x world_size / pairs in the whole step, summed stats).
 
@@ -107,7 +110,7 @@ def dpo_loss_fn(
     over its pairs, however they are split. `nll_weight` > 0 adds that times
     the chosen side's per-token NLL to each pair's loss (`chosen_nll`).
     """
-    chosen, rejected = policy_logps(model, batch, pad_id)
+    chosen, rejected = policy_logps(model, batch, pad_id, chunk)
     losses, reward_c, reward_r = PREFERENCE_LOSSES.get(loss)(
         chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps,
         batch.chosen_lengths, batch.rejected_lengths, beta=beta, gamma=gamma, label_smoothing=label_smoothing,
@@ -126,13 +129,13 @@ def eval_loss_fn(model, batch: PreferenceBatch, *, pad_id: int, **loss_kwargs) -
     """Held-out statistics (no gradients are taken); implicit rewards when the loss can compute them."""
     if batch.has_reference or not needs_reference(loss_kwargs["loss"]):
         return dpo_loss_fn(model, batch, pad_id=pad_id, pairs_in_step=1, **loss_kwargs)
-    chosen, rejected = policy_logps(model, batch, pad_id)
+    chosen, rejected = policy_logps(model, batch, pad_id, loss_kwargs.get("chunk", CHUNK_TOKENS))
     return chosen.sum() * 0.0, preference_stats(chosen, rejected, batch)
 
 
-def reference_fn(model, batch: PreferenceBatch, *, pad_id: int) -> dict[str, list]:
+def reference_fn(model, batch: PreferenceBatch, *, pad_id: int, chunk: int = CHUNK_TOKENS) -> dict[str, list]:
     """Reference log-probs of one batch for `posttrain.data.reference_cache.from_results`."""
-    chosen, rejected = policy_logps(model, batch, pad_id)
+    chosen, rejected = policy_logps(model, batch, pad_id, chunk)
     return {"index": batch.example_index.tolist(), "chosen": chosen.float().cpu().tolist(),
             "rejected": rejected.float().cpu().tolist()}
 

@@ -242,11 +242,12 @@ class ReferencePolicy:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
 
-    def logprobs(self, batches: Sequence[Any], temperature: float = 1.0) -> list:
+    def logprobs(self, batches: Sequence[Any], temperature: float = 1.0, chunk: int = 4096) -> list:
         """(N, Tr) float32 response log-probs per `RolloutBatch`, as `posttrain.objectives.rlvr` computes them."""
         import torch
 
         from posttrain.objectives.rlvr import response_logprobs
 
         with torch.no_grad():
-            return [response_logprobs(self.model, b.to(self.device), temperature=temperature) for b in batches]
+            return [response_logprobs(self.model, b.to(self.device), temperature=temperature, chunk=chunk)
+                    for b in batches]

@@ -49,7 +49,7 @@ def reference_logps(learners: LearnerGroup, config: DPOConfig, pairs: list, spli
 
     def compute() -> R.ReferenceLogps:
         results = forward_passes(learners, config, pairs, pad_id, "infer", f"reference log-probs ({split})",
-                                 fn=reference_fn, pad_id=pad_id)
+                                 fn=reference_fn, pad_id=pad_id, chunk=config.model.loss_chunk_tokens)
         return R.from_results([r for rank_call in results for r in rank_call], pairs)
 
     return R.cached_or_compute(root, key, compute)

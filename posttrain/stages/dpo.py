@@ -100,7 +100,8 @@ def run(config: DPOConfig, resume: bool = False) -> Path:
 
         # ---- the loop: one optimizer step per iteration
         loss_kwargs = dict(loss=config.dpo.loss, beta=config.dpo.beta, gamma=config.dpo.gamma,
-                           label_smoothing=config.dpo.label_smoothing, nll_weight=config.dpo.nll_weight, pad_id=pad_id)
+                           label_smoothing=config.dpo.label_smoothing, nll_weight=config.dpo.nll_weight, pad_id=pad_id,
+                           chunk=config.model.loss_chunk_tokens)
         ref_pair = ref.pair() if ref is not None else None
         timers, window = PhaseTimers(), Window()
         for step in run.steps(start, plan.total_steps, trainer_state):

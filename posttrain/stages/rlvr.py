@@ -133,10 +133,12 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 plan = plan_update(samples, minibatches=grpo.minibatches,
                                    micro_batch_size=config.batch.micro_batch_size, world_size=world,
                                    aggregation=grpo.loss_aggregation, pad_id=run.pad_id,
+                                   pack_length=config.batch.pack_length,
                                    seed=config.seed * 100_003 + step) if samples else None
             with timers("logprobs"):
                 if plan is not None:
-                    fill_logprobs(plan, learners, reference, old=grpo.minibatches > 1, temperature=rollout.temperature)
+                    fill_logprobs(plan, learners, reference, old=grpo.minibatches > 1, temperature=rollout.temperature,
+                                  chunk=config.model.loss_chunk_tokens)
             with timers("update"):
                 results = update_policy(learners, plan, config) if plan is not None else []
             with timers("sync"):

@@ -82,7 +82,8 @@ def run(config: SFTConfig, resume: bool = False) -> Path:
                 counts = D.batch_token_counts([b for rank in batches for b in rank])
             with timers("train"):
                 results = learners.call_per_rank("train_step", [(b,) for b in batches], loss_fn=sft_loss,
-                                                 normalizer=counts["loss"], world_size=world)
+                                                 normalizer=counts["loss"], world_size=world,
+                                                 chunk=config.model.loss_chunk_tokens)
             window.add(results, counts, timers.pop())
             if (step + 1) % config.logging.every == 0 or step + 1 == plan.total_steps:
                 metrics = window.flush(epoch=(step + 1) / plan.steps_per_epoch)
@@ -162,5 +163,5 @@ def heldout_loss(learners: LearnerGroup, rows: list, config: SFTConfig, pad_id: 
                       world_size=config.distributed.num_workers, epochs=1, seed=0)
     batches = D.step_batches(plan, rows, 0, pad_id)
     stats = learners.call_per_rank("evaluate", [(b,) for b in batches], loss_fn=sft_loss, normalizer=1.0,
-                                world_size=1)
+                                world_size=1, chunk=config.model.loss_chunk_tokens)
     return sum(s["loss_sum"] for s in stats) / max(sum(s["loss_tokens"] for s in stats), 1.0)

@@ -129,6 +129,23 @@ def test_update_plan_splits_minibatches_and_ranks_evenly():
     assert sum(plan.normalizers) == sum(len(s.response_ids) for s in samples)
 
 
+def test_packed_update_plan_fills_micro_batches_by_tokens_and_balances_ranks():
+    groups = [group(i, [1, 0, 0, 1], [2 + i, 3, 4 + i % 2, 1], version=0) for i in range(5)]
+    scored = score_groups(groups, advantage="group_mean", overlong="none", overlong_buffer=0, max_response_length=10)
+    samples = step_samples(groups, scored, keep=torch.ones(5, dtype=torch.bool), overlong="none")
+    plain = plan_update(samples, minibatches=1, micro_batch_size=1, world_size=2, aggregation="token", pad_id=0, seed=1)
+    packed = plan_update(samples, minibatches=1, micro_batch_size=1, world_size=2, aggregation="token", pad_id=0,
+                         seed=1, pack_length=24)
+    batches = [b for rank in packed.batches[0] for b in rank]
+    assert all(b.packed for b in batches) and not any(b.packed for rank in plain.batches[0] for b in rank)
+    real = [int(b.prompt_mask.sum() + b.response_lengths.sum()) for b in batches]
+    assert max(real) <= 24 and len(batches) < len(samples) / 2  # several samples per forward pass
+    assert packed.normalizers == plain.normalizers  # the same tokens count, however they are laid out
+    loads = [sum(int(b.prompt_mask.sum() + b.response_lengths.sum()) for b in rank) for rank in packed.batches[0]]
+    assert abs(loads[0] - loads[1]) <= 24  # longest-first onto the lighter rank
+    assert len({len(rank) for rank in packed.batches[0]}) == 1
+
+
 def test_padding_does_not_change_response_logprobs(model):
     """Left-padded prompts and right-padded responses: each row's log-probs equal the unpadded row's."""
     samples = [Sample([3, 4, 5, 6], [7, 8, 9], [0.0] * 3, 1.0, 0.5, 0, 0, False),
