@@ -48,7 +48,12 @@ class Section(BaseModel):
 class ModelSection(Section):
     path: str = Field(description="input checkpoint: a local Hugging Face directory or a hub name")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="training dtype; bfloat16 on GPU")
-    attn_implementation: str = Field("sdpa", description="transformers attention backend (sdpa, eager, flash_attention_2)")
+    attn_implementation: str = Field(
+        "sdpa", description="transformers attention backend: sdpa, eager, flex_attention (document masks and sliding "
+                            "windows as block masks, no T x T mask), flash_attention_2 (varlen over packed documents)")
+    loss_chunk_tokens: int = Field(
+        4096, ge=0, description="positions whose vocabulary logits the loss holds at once; the output layer runs on "
+                                "loss positions only, chunk by chunk, recomputed in backward (0: one chunk)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
     trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
 
@@ -147,6 +152,13 @@ class BatchSection(Section):
         if (self.tokens is None) == (self.sequences is None):
             raise ValueError("give exactly one of batch.tokens or batch.sequences")
         return self
+
+
+class RLVRBatchSection(BatchSection):
+    pack_length: Optional[int] = Field(
+        None, ge=1, description="pack whole samples (prompt + response) into micro-batches of up to this many tokens, "
+                                "one row per micro-batch with per-sample document masks; unset: micro_batch_size "
+                                "padded samples per forward pass")
 
 
 class LoraSection(Section):
@@ -279,8 +291,8 @@ class RLVRConfig(StageConfig):
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     verifiers: VerifiersSection = Field(default_factory=VerifiersSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    batch: BatchSection = Field(
-        default_factory=lambda: BatchSection(sequences=1),
+    batch: RLVRBatchSection = Field(
+        default_factory=lambda: RLVRBatchSection(sequences=1),
         description="RLVR: batch.sequences = samples per optimizer update = grpo.prompts_per_step x "
                     "samples_per_prompt / grpo.minibatches (derived when omitted); batch.micro_batch_size = "
                     "samples per forward pass per rank",
@@ -320,6 +332,10 @@ class RLVRConfig(StageConfig):
         if grpo.overlong == "soft_penalty" and not 0 < grpo.overlong_buffer <= self.rollout.max_response_length:
             raise ValueError(f"grpo.overlong soft_penalty needs 0 < grpo.overlong_buffer <= rollout.max_response_length "
                              f"({self.rollout.max_response_length}), got {grpo.overlong_buffer}")
+        longest = self.rollout.max_prompt_length + self.rollout.max_response_length
+        if self.batch.pack_length is not None and self.batch.pack_length < longest:
+            raise ValueError(f"batch.pack_length ({self.batch.pack_length}) must hold the longest sample: "
+                             f"rollout.max_prompt_length + max_response_length = {longest}")
         if grpo.advantage == "group_mean_std" and grpo.samples_per_prompt < 2:
             raise ValueError("grpo.advantage group_mean_std needs grpo.samples_per_prompt >= 2")
         if self.rollout.weight_sync != "reload":
