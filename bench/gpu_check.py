@@ -1,6 +1,7 @@
 """The RLVR pieces on one CUDA GPU, a ~1B model: vLLM rollouts, bf16 learner steps, weight sync.
 
-Run through bench/gpu_check.sh (needs the GPU stack: `make install GPU=1`). Workload: a random-init
+Run through bench/gpu_check.sh (needs the GPU stack: `make install GPU=1`). With `--torch-only` it runs
+bench/gpu_torch.py instead: the learner at Olmo 3 7B shapes with torch and transformers alone. Workload: a random-init
 Olmo 3 with the 7B's widths (hidden 4096, MLP 11008, heads of 64) and `--layers` layers (5: about 1.05B
 parameters), a 4096-word vocabulary; `--prompts` prompts of 16-64 tokens x 8 samples, responses up to
 256 tokens. The engine is an `EngineActor` (vLLM, bf16) holding half the GPU; the learner is a
@@ -106,6 +107,11 @@ def ipc_seconds(actor, model, version: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--torch-only" in argv:  # the learner checks alone: torch and transformers, no vllm, ray or deepspeed
+        from gpu_torch import main as torch_only
+
+        return torch_only([a for a in argv if a != "--torch-only"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=64)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from posttrain.algorithms.chunked import chunked_logprobs
-from posttrain.algorithms.losses import IGNORE_INDEX
+from posttrain.data.batches import IGNORE_INDEX
 
 CHUNK_TOKENS = 4096  # the default of `model.loss_chunk_tokens`
 # config attributes that change logits after the output layer: their models take the plain path
