@@ -105,10 +105,31 @@ class DistributedSection(Section):
 
 
 class DeepSpeedSection(Section):
+    """ZeRO and the communication knobs a lab tunes; defaults are DeepSpeed's own (0.19), overlap on.
+
+    A key a stage does not use is ignored there rather than refused (the bucket sizes at stage 0,
+    allgather_bucket_size at stage 3, the stage3_* keys below 3), so one override
+    `deepspeed.zero_stage=2` switches a ZeRO-3 recipe without unsetting what its bases tuned;
+    the learner passes DeepSpeed only the keys of its stage.
+    """
+
     enabled: bool = Field(True, description="train through DeepSpeed (ZeRO); false: plain torch DDP")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage")
     offload_optimizer: bool = Field(False, description="keep optimizer state on the CPU (ZeRO-Offload)")
     offload_params: bool = Field(False, description="keep parameters on the CPU (ZeRO-3 only)")
+    overlap_comm: bool = Field(True, description="ZeRO 1-3: reduce gradients (ZeRO-3: also gather parameters) while "
+                                                 "the backward pass runs; its buffers take about 4.5 x the bucket sizes")
+    reduce_bucket_size: int = Field(500_000_000, ge=1, description="ZeRO 1-3: gradient elements reduced at a time; "
+                                    "larger: fewer, bigger messages and more buffer memory (transformers' 'auto': hidden^2)")
+    allgather_bucket_size: int = Field(500_000_000, ge=1, description="ZeRO-1/2 only: updated parameter elements "
+                                       "all-gathered at a time after the optimizer step")
+    stage3_prefetch_bucket_size: int = Field(50_000_000, ge=0, description="ZeRO-3 only: parameter elements gathered "
+                                             "ahead of their use (transformers' 'auto': 0.9 x hidden^2)")
+    stage3_param_persistence_threshold: int = Field(100_000, ge=0, description="ZeRO-3 only: parameters smaller than "
+                                                    "this stay whole on every rank (norms, biases): less latency-bound "
+                                                    "traffic (transformers' 'auto': 10 x hidden)")
+    stage3_max_live_parameters: int = Field(1_000_000_000, ge=0, description="ZeRO-3 only: gathered parameter elements "
+                                            "a rank holds before it releases some")
 
     @model_validator(mode="after")
     def _offload_needs_zero3(self):

@@ -36,7 +36,11 @@ proportional to the parameter count. Where a length is only bounded (DPO
 pairs, RL prompts and responses) every sequence is taken to be `fill` of the
 bound: the default 1.0 makes those figures upper bounds.
 
-Imports only the standard library and posttrain.config.
+Memory per GPU (learners, and RLVR's engines) comes from `posttrain.memory`, for the model's shape: a
+local checkpoint's config.json, else the published Olmo 3 shape named by `Facts.shape` or within 10% of
+`Facts.parameters`. A recipe that does not fit `Facts.gpu` is refused like one whose GPUs do not add up.
+
+Imports only the standard library, posttrain.config and posttrain.memory.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from posttrain import memory
 from posttrain.config import StageConfig
+from posttrain.memory import GB, MARGIN, OLMO3_SHAPES, EngineSetup, LearnerSetup, Shape
 from posttrain.registry import Registry
 
 
@@ -80,6 +86,8 @@ class Facts:
     parameters: Optional[int] = None  # model size; None: counted from a local checkpoint's config.json
     rows: Optional[int] = None  # rows (examples, pairs or prompts) of the training mixture; None: local .jsonl lines
     tokens: Optional[int] = None  # tokens in one pass over an SFT mixture; SFT steps need it (or optim.max_steps)
+    shape: Optional[str] = None  # published Olmo 3 shape (memory.OLMO3_SHAPES) when the checkpoint is not local
+    gpu: str = "h100"  # GPU model whose memory the recipe must fit (memory.GPUS)
 
 
 class PlanError(ValueError):
@@ -132,6 +140,8 @@ def make_plan(config: StageConfig, source: str = "recipe", assumptions: Assumpti
     plan.add("recipe", f"{config.stage}, {config.variant}, from {config.model.path} ({about})")
     plan.resources = resources(plan, config, facts.gpus_per_node)
     STAGE_PLANS.get(config.stage)(plan, config, plan.resources, assumptions, params, facts)
+    if plan.resources.on_gpu:
+        _plan_memory(plan, config, plan.resources, params, facts)
     if plan.problems:
         raise PlanError(source, plan.problems)
     return plan
@@ -342,6 +352,77 @@ def _si(x: float) -> str:
 
 
 # --------------------------------------------------------------------------
+# Memory per GPU (the arithmetic is posttrain.memory's)
+
+# stage -> (items per forward pass, tokens per item) on a learner rank
+FORWARD_PASS: dict[str, Callable[[StageConfig], tuple[int, int]]] = {
+    "sft": lambda c: (c.batch.micro_batch_size, c.data.max_length),
+    "dpo": lambda c: (c.batch.micro_batch_size, 2 * c.data.max_length),  # a pair: chosen and rejected
+    # one packed row of pack_length tokens, else micro_batch_size samples padded to the longest
+    "rlvr": lambda c: ((1, c.batch.pack_length) if c.batch.pack_length else
+                       (c.batch.micro_batch_size, c.rollout.max_prompt_length + c.rollout.max_response_length)),
+}
+
+
+def learner_setup(config: StageConfig, res: Resources, params: int) -> LearnerSetup:
+    """What a learner rank's memory depends on, from the recipe (plain DDP counts as ZeRO stage 0)."""
+    ds, model = config.deepspeed, config.model
+    micro_batch, item_tokens = FORWARD_PASS[config.stage](config)
+    return LearnerSetup(
+        params=params, ranks=res.learners, dtype_bytes=memory.DTYPE_BYTES[model.dtype],
+        zero_stage=ds.zero_stage if ds.enabled else 0, offload_optimizer=ds.enabled and ds.offload_optimizer,
+        offload_params=ds.enabled and ds.offload_params, overlap_comm=ds.overlap_comm,
+        reduce_bucket=ds.reduce_bucket_size, allgather_bucket=ds.allgather_bucket_size,
+        prefetch_bucket=ds.stage3_prefetch_bucket_size, checkpointing=model.gradient_checkpointing,
+        micro_batch=micro_batch, item_tokens=item_tokens, loss_chunk=model.loss_chunk_tokens)
+
+
+def engine_setup(config: StageConfig, params: int) -> EngineSetup:
+    """What an inference GPU's memory depends on, from the recipe's rollout section."""
+    rollout = config.rollout
+    return EngineSetup(params=params, tensor_parallel=rollout.tensor_parallel_size,
+                       dtype_bytes=memory.DTYPE_BYTES[rollout.dtype], utilization=rollout.gpu_memory_utilization,
+                       max_tokens=rollout.max_prompt_length + rollout.max_response_length)
+
+
+def _plan_memory(plan: Plan, config: StageConfig, res: Resources, params: Optional[int], facts: Facts) -> None:
+    """Rows for a learner's and an engine's memory; a problem, naming the fixes, where one does not fit."""
+    shape = model_shape(config, facts)
+    if shape is None or not params:
+        plan.add("memory", f"not estimated: give --shape ({', '.join(OLMO3_SHAPES)}) or --parameters near one")
+        return
+    capacity = memory.GPUS[facts.gpu]
+    gpu = f"the {facts.gpu.upper()}'s {capacity / GB:g} GB"
+    setup = learner_setup(config, res, params)
+    parts = memory.learner_memory(shape, setup)
+    total, allowed = sum(parts.values()), MARGIN * capacity
+    plan.add("learner memory", f"{total / GB:.1f} GB per GPU, of {allowed / GB:.0f} GB allowed ({MARGIN:.0%} of {gpu})")
+    zero = f"ZeRO-{setup.zero_stage} over {setup.ranks} ranks"
+    plan.add("", f"{memory.gb(parts)} GB ({zero}, {setup.micro_batch} x {setup.item_tokens:,} tokens a forward pass)")
+    if total > allowed:
+        fixes = memory.learner_fixes(shape, setup) or ["a GPU with more memory (--gpu)"]
+        plan.problems.append(f"learner memory: {total / GB:.1f} GB per GPU is over {MARGIN:.0%} of {gpu}: "
+                             + "; ".join(fixes))
+    if getattr(config, "rollout", None) is not None:
+        _plan_engine_memory(plan, shape, engine_setup(config, params), capacity, gpu)
+
+
+def _plan_engine_memory(plan: Plan, shape: Shape, engine: EngineSetup, capacity: float, gpu: str) -> None:
+    mem = memory.engine_memory(shape, engine, capacity)
+    plan.add("engine memory", f"{mem['budget'] / GB:.1f} GB per GPU ({engine.utilization:g} of {gpu}):"
+             f" weights {mem['weights'] / GB:.1f}, KV cache {mem['KV cache'] / GB:.1f} GB")
+    window = (f"; {shape.sliding_layers} of {shape.layers} layers hold at most {shape.sliding_window:,} tokens"
+              if shape.sliding_window else "")
+    plan.add("", f"{mem['sequences']:,.0f} sequences of {engine.max_tokens:,} tokens at once"
+             f" ({mem['per sequence'] / GB:.2f} GB each{window})")
+    if mem["sequences"] < 1:
+        fixes = memory.engine_fixes(shape, engine, capacity) or ["a GPU with more memory (--gpu)"]
+        plan.problems.append(f"engine memory: the weights ({mem['weights'] / GB:.1f} GB per GPU) leave no room for one"
+                             f" sequence of {engine.max_tokens:,} tokens in {engine.utilization:g} of {gpu}: "
+                             + "; ".join(fixes))
+
+
+# --------------------------------------------------------------------------
 # What the plan reads besides the recipe
 
 
@@ -361,16 +442,43 @@ def training_rows(config: StageConfig, facts: Facts = Facts()) -> Optional[int]:
 
 
 def parameter_count(config: StageConfig, facts: Facts = Facts()) -> Optional[int]:
-    """`facts.parameters`, else counted from a local checkpoint's config.json (decoder-only Olmo-style), else None."""
+    """`facts.parameters`, else counted from a local checkpoint's config.json (decoder-only Olmo-style), else
+    from the published shape `facts.shape`, else None."""
     if facts.parameters:
         return facts.parameters
+    hf = local_hf_config(config) or OLMO3_SHAPES.get(facts.shape or "")
+    try:
+        return count_parameters(hf) if hf else None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def local_hf_config(config: StageConfig) -> Optional[dict]:
+    """The Hugging Face config.json of a local checkpoint, or None (a hub name, a checkpoint not written yet)."""
     path = Path(config.model.path) / "config.json"
     if not path.is_file():
         return None
     try:
-        return count_parameters(json.loads(path.read_text()))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return json.loads(path.read_text())
+    except ValueError:
         return None
+
+
+def model_shape(config: StageConfig, facts: Facts = Facts()) -> Optional[Shape]:
+    """A local checkpoint's shape, else the published one named by `facts.shape`, else the one within 10% of
+    `facts.parameters`, else None."""
+    hf = local_hf_config(config) or OLMO3_SHAPES.get(facts.shape or "") or _published_shape_near(facts.parameters)
+    try:
+        return Shape.from_hf(hf) if hf else None
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _published_shape_near(parameters: Optional[int]) -> Optional[dict]:
+    if not parameters:
+        return None
+    nearest = min(OLMO3_SHAPES.values(), key=lambda hf: abs(count_parameters(hf) - parameters))
+    return nearest if abs(count_parameters(nearest) - parameters) <= 0.1 * parameters else None
 
 
 def count_parameters(hf_config: dict) -> int:

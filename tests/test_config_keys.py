@@ -2,7 +2,7 @@
 
 The walk covers every field of every stage schema in `STAGE_SCHEMAS`, nested sections and list items
 (`data.train.path`) included. A key counts as read when some module of `posttrain/` or `rewards/` other
-than the schema (`posttrain/config.py`) and the planner (`posttrain/plan.py` and its command) reads an
+than the schema (`posttrain/config.py`) and the planner (`posttrain/plan.py`, `memory.py` and its command) reads an
 attribute of that name: `x.name` or `getattr(x, "name")`, found in the parsed source, so comments and
 docstrings do not count. A key only the planner reads would describe a run that no stage carries out.
 
@@ -25,7 +25,7 @@ from posttrain.config import STAGE_SCHEMAS, Section, _model_in
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("posttrain", "rewards")
 # The schema declares the keys and the planner only estimates: neither reading a key makes it do anything.
-NOT_READERS = frozenset({"posttrain/config.py", "posttrain/plan.py", "posttrain/commands/plan.py"})
+NOT_READERS = frozenset({"posttrain/config.py", "posttrain/plan.py", "posttrain/memory.py", "posttrain/commands/plan.py"})
 # Keys read without naming them as attributes, each with the reason. None today: `stage` picks the schema
 # but is also read as `config.stage`; resolved recipes are written out whole (`to_dict`, `config_hash`),
 # which shows a key but does not make it do anything, so that alone never counts.

@@ -11,7 +11,7 @@ name or a parent package of it.
 | 3 | `posttrain.data` | sources, mixing, templates, packing, batches, per-stage preparation |
 | 4 | `posttrain.objectives`, `learner`, `rollout`, `tiny` | run on learner ranks; models and optimizers; engines; the embedded default |
 | 5 | `posttrain.orchestration` | Ray: cluster, actors, learner group, pools, rollout queue, learner-side phases |
-| 6 | `posttrain.eval`, `plan`, `pairs`, `model_card` | held-out evaluation; what reads checkpoints and recipes |
+| 6 | `posttrain.eval`, `plan`, `memory`, `pairs`, `model_card` | held-out evaluation; what reads checkpoints and recipes |
 | 7 | `posttrain.stages` | the scaffold and the three drivers |
 | 8 | `posttrain.pipeline`, `report` | the chain runner and its report |
 | 9 | `posttrain.commands`, `cli`, `__main__` | the command line |
@@ -36,7 +36,7 @@ LAYERS = [
     ["posttrain.data"],
     ["posttrain.objectives", "posttrain.learner", "posttrain.rollout", "posttrain.tiny"],
     ["posttrain.orchestration"],
-    ["posttrain.eval", "posttrain.plan", "posttrain.pairs", "posttrain.model_card"],
+    ["posttrain.eval", "posttrain.plan", "posttrain.memory", "posttrain.pairs", "posttrain.model_card"],
     ["posttrain.stages"],
     ["posttrain.pipeline", "posttrain.report"],
     ["posttrain.commands", "posttrain.cli", "posttrain.__main__"],

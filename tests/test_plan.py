@@ -13,7 +13,8 @@ import pytest
 from posttrain.cli import build_parser, main
 from posttrain.commands.plan import facts
 from posttrain.config import RecipeError, load_recipe
-from posttrain.plan import Assumptions, Facts, PlanError, count_parameters, make_plan, render
+from posttrain.memory import GB, OLMO3_SHAPES, LearnerSetup, Shape, kv_bytes_per_sequence, model_states
+from posttrain.plan import Assumptions, Facts, PlanError, count_parameters, make_plan, model_shape, render
 
 REPO = Path(__file__).resolve().parent.parent
 OLMO3 = REPO / "recipes" / "olmo3"
@@ -273,6 +274,123 @@ def test_olmo3_plan_commands_give_parameter_counts_that_follow_the_architecture(
     assert plan_command(name)[:2] == ["plan", f"recipes/olmo3/{name}.yaml"]
     shape = SHAPES[name.split("/")[0]]
     assert recipe_facts(name).parameters == pytest.approx(count_parameters(shape), rel=0.01)
+
+
+# --------------------------------------------------------------------------
+# Memory per GPU
+
+SHAPE_7B, SHAPE_32B = Shape.from_hf(OLMO3_SHAPES["7b"]), Shape.from_hf(OLMO3_SHAPES["32b"])
+
+
+def setup_7b(**changes) -> LearnerSetup:
+    base = dict(params=7_300_000_000, ranks=16, dtype_bytes=2, zero_stage=0, offload_optimizer=False,
+                offload_params=False, overlap_comm=True, reduce_bucket=2**24, allgather_bucket=2**24,
+                prefetch_bucket=15_099_494, checkpointing=True, micro_batch=1, item_tokens=32_768, loss_chunk=4096)
+    return LearnerSetup(**{**base, **changes})
+
+
+@pytest.mark.parametrize("stage, weights, gradients, adamw", [
+    (0, 14.6, 14.6, 87.6),  # bf16 weights 2N, gradients 2N, AdamW 12N (fp32 master 4N + 2 moments 8N), N = 7.3e9
+    (1, 14.6, 14.6, 5.475),  # the optimizer state over 16 ranks: 87.6 / 16
+    (2, 14.6, 0.9125, 5.475),  # and the gradients: 14.6 / 16
+    (3, 0.9125, 0.9125, 5.475),  # and the weights
+])
+def test_zero_stages_shard_7b_states_over_16_ranks(stage, weights, gradients, adamw):
+    states = model_states(setup_7b(zero_stage=stage))
+    assert [states[k] / GB for k in ("weights", "gradients", "AdamW")] == pytest.approx([weights, gradients, adamw])
+
+
+def test_offload_takes_states_off_the_gpu_and_fp32_has_no_master_copy():
+    assert model_states(setup_7b(zero_stage=3, offload_optimizer=True, offload_params=True)) == pytest.approx(
+        {"weights": 0.0, "gradients": 0.9125 * GB, "AdamW": 0.0})
+    fp32 = model_states(setup_7b(dtype_bytes=4))  # weights 4N = 29.2 GB, gradients 4N, AdamW only the moments 8N
+    assert [fp32[k] / GB for k in ("weights", "gradients", "AdamW")] == pytest.approx([29.2, 29.2, 58.4])
+
+
+def test_7b_think_sft_learner_memory_by_hand():
+    """ZeRO-2 over 32 ranks, one 32,768-token sequence, checkpointed, buckets of 4096^2, loss chunks of 4,096.
+
+    - weights 2 x 7.3e9 = 14.6 GB; gradients 14.6 / 32 = 0.456; AdamW 12 x 7.3e9 / 32 = 2.738
+    - buckets (reduce + allgather) 2 x 16,777,216 x 2 bytes x 4.5 (overlap_comm) = 0.302
+    - activations: each layer's input 32 x 32,768 x 4,096 x 2 = 8.590; one layer whole
+      32,768 x 2 x (8 x 4,096 + 4 x 4,096 + 4 x 11,008) = 6.107; 14.697 in all
+    - loss: 4,096 x 100,278 x 4 bytes x 3 = 4.929
+    - total 37.72 GB, under the 72 GB allowed on an 80 GB H100
+    """
+    text = render(plan_of("7b/think/sft"), Assumptions())
+    assert "learner memory   37.7 GB per GPU, of 72 GB allowed (90% of the H100's 80 GB)" in text
+    assert ("weights 14.6, gradients 0.5, AdamW 2.7, ZeRO buffers 0.3, activations 14.7, loss 4.9 GB"
+            " (ZeRO-2 over 32 ranks, 1 x 32,768 tokens a forward pass)") in text
+
+
+def test_sliding_window_layers_hold_at_most_the_window():
+    """7B, one 34,816-token sequence (prompt 2,048 + response 32,768), one GPU per engine.
+
+    K and V per token and layer: 2 x 32 heads x 128 x 2 bytes = 16,384. The 8 full-attention layers hold
+    all 34,816 tokens, the 24 sliding ones 4,096: (8 x 34,816 + 24 x 4,096) x 16,384 = 6,174,015,488 bytes,
+    against 32 x 34,816 x 16,384 = 18.25 GB were every layer full. 32B at tensor parallel 8: one of its 8
+    KV heads per GPU, 2 x 1 x 128 x 2 = 512 bytes: (16 x 34,816 + 48 x 4,096) x 512 = 385,875,968.
+    The 7B engine: 0.9 x 80 GB - 14.6 GB of weights = 57.4 GB of KV cache, 9 such sequences.
+    """
+    assert kv_bytes_per_sequence(SHAPE_7B, 34_816, 1) == 6_174_015_488
+    assert kv_bytes_per_sequence(dataclasses.replace(SHAPE_7B, sliding_layers=0), 34_816, 1) == 32 * 34_816 * 16_384
+    assert kv_bytes_per_sequence(SHAPE_32B, 34_816, 8) == 385_875_968
+    text = render(plan_of("7b/think/rlvr"), Assumptions())
+    assert "engine memory     72.0 GB per GPU (0.9 of the H100's 80 GB): weights 14.6, KV cache 57.4 GB" in text
+    assert "9 sequences of 34,816 tokens at once (6.17 GB each; 24 of 32 layers hold at most 4,096 tokens)" in text
+
+
+@pytest.mark.parametrize("name, override, first_fix", [
+    ("32b/think/sft", "deepspeed.zero_stage=2", "raise deepspeed.zero_stage to 3 (-67.3 GB)"),
+    ("7b/think/sft", "model.gradient_checkpointing=false", "turn on model.gradient_checkpointing (-180.7 GB)"),
+    ("7b/think/dpo", "batch.micro_batch_size=4", "lower batch.micro_batch_size"),
+])
+def test_a_learner_that_does_not_fit_is_refused_naming_the_fix(name, override, first_fix):
+    overrides = [override, "batch.sequences=512"] if "micro_batch" in override else [override]
+    [problem] = refusal(name, *overrides)
+    assert re.match(r"learner memory: [\d.]+ GB per GPU is over 90% of the H100's 80 GB: ", problem)
+    assert problem.split(": ", 2)[2].startswith(first_fix)
+
+
+def test_an_engine_whose_weights_leave_no_room_is_refused_naming_the_fix():
+    """32B on one GPU per engine: 64.4 GB of weights in 0.8 x 80 = 64 GB leave no KV cache."""
+    assert refusal("32b/think/rlvr", "rollout.tensor_parallel_size=1", "rollout.num_engines=160",
+                   "rollout.gpu_memory_utilization=0.8") == [
+        "engine memory: the weights (64.4 GB per GPU) leave no room for one sequence of 34,816 tokens in 0.8 of the"
+        " H100's 80 GB: raise rollout.tensor_parallel_size; raise rollout.gpu_memory_utilization"
+    ]
+
+
+def test_a_bigger_gpu_fits_what_a_smaller_one_refuses():
+    assert refusal("32b/think/sft", "deepspeed.zero_stage=2")
+    plan = plan_of("32b/think/sft", "deepspeed.zero_stage=2", facts={"gpu": "h200"})
+    assert "of 127 GB allowed (90% of the H200's 141 GB)" in render(plan, Assumptions())
+
+
+def test_the_shape_comes_from_a_local_checkpoint_then_shape_then_parameters(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    layer_types = ["sliding_attention", "full_attention"]
+    (model / "config.json").write_text(json.dumps({**TINY_CONFIG, "sliding_window": 16, "layer_types": layer_types}))
+    config = load_recipe(REPO / "recipes/tiny/think/dpo.yaml", [f"model.path={model}"])
+    assert model_shape(config) == Shape(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128,
+                                        vocab=100, sliding_layers=1, sliding_window=16)
+    olmo = load_recipe(OLMO3 / "7b/think/dpo.yaml")
+    assert model_shape(olmo, Facts(shape="32b")) == SHAPE_32B
+    assert model_shape(olmo, Facts(parameters=int(7.3e9))) == SHAPE_7B  # within 10% of 7.30B
+    assert model_shape(olmo, Facts(parameters=int(1e9))) is None
+    text = render(plan_of("7b/think/dpo", facts={"parameters": int(1e9)}), Assumptions())
+    assert re.search(r"\n  memory +not estimated: give --shape \(7b, 32b\) or --parameters near one\n", text)
+
+
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(OLMO3).with_suffix("")) for p in OLMO3.rglob("[!_]*.yaml")))
+def test_every_olmo3_recipe_fits_the_default_gpu(name, capsys, monkeypatch):
+    """The recipe's own plan command (line 2), run through the CLI, prints its memory and exits 0."""
+    monkeypatch.chdir(REPO)
+    assert main(plan_command(name)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "learner memory" in out and "of 72 GB allowed (90% of the H100's 80 GB)" in out
+    assert ("engine memory" in out) == name.endswith("rlvr")
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`posttrain plan RECIPE [key=value ...]`: what a recipe asks of a cluster, or why it does not add up.
 
 The Olmo 3 recipes name, on their second line, the plan command with the published sizes
-(`--parameters`, `--rows`, `--tokens`) that no stage reads and so no recipe key holds.
+(`--parameters`, `--rows`, `--tokens`) that no stage reads and so no recipe key holds. Their
+checkpoints are hub names or not written yet, so the memory estimate takes the published Olmo 3
+shape within 10% of `--parameters` (or the one `--shape` names), for the GPU `--gpu` names.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import math
 import sys
 
 from posttrain.config import RecipeError, load_recipe
+from posttrain.memory import GPUS, MARGIN, OLMO3_SHAPES
 from posttrain.plan import Assumptions, Facts, PlanError, make_plan, render
 
-HELP = "show what a recipe asks for (GPUs, nodes, tokens, steps, GPU-hours); refuse one whose resources do not add up"
+HELP = ("show what a recipe asks for (GPUs, nodes, tokens, steps, GPU-hours, memory per GPU); refuse one whose resources"
+        " do not add up or that does not fit the GPU's memory")
 
 _DEFAULTS = Assumptions()
 _FACTS = Facts()
@@ -55,11 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=count,
                         help="rows (examples, pairs or prompts) in the training mixture; default: counted from local .jsonl sources")
     parser.add_argument("--tokens", type=count, help="tokens in one pass over an SFT mixture (SFT steps are counted from it)")
+    parser.add_argument("--shape", choices=sorted(OLMO3_SHAPES),
+                        help="published Olmo 3 shape for the memory estimate when the checkpoint is not local;"
+                             " default: the one within 10%% of --parameters")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default=_FACTS.gpu,
+                        help=f"GPU whose memory learners and engines must fit, refused above {MARGIN * 100:.0f}%% of it"
+                             " (h100 and a100: 80 GB, h200: 141 GB; default %(default)s)")
 
 
 def facts(args: argparse.Namespace) -> Facts:
     """The plan's facts from parsed `posttrain plan` options."""
-    return Facts(gpus_per_node=args.gpus_per_node, parameters=args.parameters, rows=args.rows, tokens=args.tokens)
+    return Facts(gpus_per_node=args.gpus_per_node, parameters=args.parameters, rows=args.rows, tokens=args.tokens,
+                 shape=args.shape, gpu=args.gpu)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
+from posttrain.config import DeepSpeedSection
+
 DS_TAG = "deepspeed"
 TORCH_STATE = "torch_state.pt"
 
@@ -46,21 +48,46 @@ class Backend(Protocol):
     def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager: ...
 
 
-def deepspeed_config(*, zero_stage: int, offload_optimizer: bool, offload_params: bool, micro_batch_size: int,
-                     accumulation: int, max_grad_norm: float, dtype: str, world_size: int) -> dict:
-    """The DeepSpeed JSON config for one learner (batch bookkeeping, ZeRO, clipping, precision)."""
-    zero: dict = {"stage": zero_stage, "contiguous_gradients": True, "overlap_comm": False}
-    if offload_optimizer:
+# the ZeRO stages that use each tuned key of DeepSpeedSection; other stages are not sent it
+_STAGES_USING = {
+    "overlap_comm": (1, 2, 3),
+    "reduce_bucket_size": (1, 2, 3),
+    "allgather_bucket_size": (1, 2),
+    "stage3_prefetch_bucket_size": (3,),
+    "stage3_param_persistence_threshold": (3,),
+    "stage3_max_live_parameters": (3,),
+}
+
+
+def zero_optimization(ds: DeepSpeedSection) -> dict:
+    """DeepSpeed's `zero_optimization` block: the stage, offload, and the tuned keys that stage uses."""
+    tuned = {
+        "overlap_comm": ds.overlap_comm,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+        "allgather_bucket_size": ds.allgather_bucket_size,
+        "stage3_prefetch_bucket_size": ds.stage3_prefetch_bucket_size,
+        "stage3_param_persistence_threshold": ds.stage3_param_persistence_threshold,
+        "stage3_max_live_parameters": ds.stage3_max_live_parameters,
+    }
+    zero: dict = {"stage": ds.zero_stage, "contiguous_gradients": True}
+    zero.update({key: value for key, value in tuned.items() if ds.zero_stage in _STAGES_USING[key]})
+    if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if offload_params:
+    if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return zero
+
+
+def deepspeed_config(ds: DeepSpeedSection, *, micro_batch_size: int, accumulation: int, max_grad_norm: float,
+                     dtype: str, world_size: int) -> dict:
+    """The DeepSpeed JSON config for one learner (batch bookkeeping, ZeRO, clipping, precision)."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro_batch_size * accumulation * world_size,
         "managed_gradient_accumulation": False,
         "gradient_clipping": max_grad_norm,
-        "zero_optimization": zero,
+        "zero_optimization": zero_optimization(ds),
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16"},
         "zero_allow_untested_optimizer": True,
