@@ -155,6 +155,9 @@ class Learner:
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+            if spec.model.attn_implementation == "flex_attention":
+                raise ValueError("model.attn_implementation=flex_attention trains on CUDA GPUs only (torch has no flex "
+                                 "attention backward on the CPU): use sdpa on the CPU")
         init_process_group(spec, rank, world_size)
         seed_everything(spec.seed)  # same LoRA init on every rank
         model = load_model(spec).to(self.device)

@@ -221,3 +221,17 @@ def test_packed_losses_equal_unpacked_in_olmo3(attn_implementation):
         padded_loss, _ = sft_token_loss(model(**padded.model_inputs()).logits, padded.labels)
     for i, example in enumerate(examples):
         assert torch.allclose(padded_loss[i, : len(example["input_ids"])], unpacked[i], atol=1e-4), i
+
+
+@pytest.mark.slow  # flex attention compiles its kernel on first use (about 20 s on 2 cores)
+def test_flex_attention_matches_sdpa_on_packed_rows():
+    """Block masks (documents, and the sliding window of 6 on layer 0) give sdpa's logits on packed rows.
+
+    Forward only: torch has no flex attention backward on the CPU; the GPU check times training with it."""
+    examples = _examples([17, 5, 9, 30, 12, 3], seed=4)
+    rows = pack_examples(examples, 40)
+    batch = collate_packed(rows, pad_token_id=0, pad_to=40)
+    with torch.no_grad():
+        sdpa = _tiny_olmo3("sdpa")(**batch.model_inputs(), use_cache=False).logits
+        flex = _tiny_olmo3("flex_attention")(**batch.model_inputs(), use_cache=False).logits
+    assert torch.allclose(flex, sdpa, atol=1e-4), (flex - sdpa).abs().max()

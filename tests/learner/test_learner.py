@@ -144,3 +144,10 @@ def test_token_logprobs_align_with_labels(model_dir):
     assert logps.shape == mask.shape == batch.labels.shape
     assert not mask[:, 0].any() and int(mask.sum()) == batch.num_loss_tokens
     assert (logps[mask] < 0).all() and (logps[~mask] == 0).all()
+
+
+def test_flex_attention_is_refused_on_the_cpu_before_any_work(model_dir):
+    bad = spec(model_dir)
+    bad.model = ModelSection(path=model_dir, attn_implementation="flex_attention")
+    with pytest.raises(ValueError, match="flex_attention trains on CUDA GPUs only"):
+        Learner(bad)
