@@ -4,7 +4,11 @@
 (b) this stage against TRL's GRPOTrainer: wall-clock from the first step to the same held-out pass rate
     (the start checkpoint's + `--target-gain`), same model, data, reward and hyperparameters; each side's
     one-time start-up (Ray, engines, learner; TRL's trainer) reported apart;
-(c) vLLM against the `hf` engine, generated tokens/s (bench/rollout_engines.py, a random 25M model).
+(c) vLLM against the `hf` engine, generated tokens/s (bench/rollout_engines.py, a random 25M model);
+(p) the update phase with packed micro-batches (`batch.pack_length`) against padded ones: the learner's
+    train_step on one step's 64 samples (prompts from the tiny RLVR data, responses of 8-256 tokens drawn
+    uniformly), padded at micro-batch 1 (the Olmo 3 recipes' setting without packing) and 16 (the tiny
+    recipes'), alternated, median of `--repeats`; the same loss either way (tests/objectives/test_forward.py).
 
 Workload (a, b): a tiny DPO checkpoint (Instruct by default: its RLVR gains fastest) deepened to >= 20M
 parameters with identity layers (the gains of their output norms are zero, so the deeper model computes
@@ -15,7 +19,7 @@ the std. Held-out pass@1 is greedy, on the same prompts, with evaluation time ke
 generates with `--engine` (vLLM by default, as every recipe above the tiny ones); TRL with transformers.
 
     python bench/rlvr.py [--variant instruct] [--checkpoint runs/demo/instruct/dpo/checkpoint] [--data runs/tiny/data/rlvr]
-                         [--parts abc] [--engine vllm] [--out runs/bench/rlvr]
+                         [--parts abcp] [--engine vllm] [--out runs/bench/rlvr]
 """
 
 from __future__ import annotations
@@ -283,13 +287,68 @@ def part_c(out: Path, prompts: int) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- (p) packed vs padded updates
+
+
+def part_p(model: Path, data: Path, args) -> dict:
+    import random
+    import statistics
+
+    from transformers import AutoTokenizer
+
+    from posttrain.config import DeepSpeedSection, LoraSection, ModelSection, OptimSection
+    from posttrain.data.rlvr import Sample, plan_update
+    from posttrain.learner import Learner, LearnerSpec
+    from posttrain.objectives.rlvr import policy_loss_fn
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()[:PROMPTS]]
+    prompts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
+                                            return_dict=False) for r in rows]
+    rng = random.Random(0)
+    samples = []
+    for i in range(PROMPTS * SAMPLES):
+        length = rng.randint(8, MAX_TOKENS)
+        samples.append(Sample(list(prompts[i // SAMPLES]), [rng.randrange(3, tokenizer.vocab_size) for _ in range(length)],
+                              [-1.0] * length, reward=float(i % 2), advantage=float(i % 2) - 0.5, group=i // SAMPLES,
+                              version=0, truncated=False))
+    pack_length = max(len(p) for p in prompts) + MAX_TOKENS
+    layouts = {"padded_mb1": dict(micro_batch_size=1), "padded_mb16": dict(micro_batch_size=16),
+               f"packed_{pack_length * 4}": dict(micro_batch_size=1, pack_length=pack_length * 4)}
+    spec = LearnerSpec(model=ModelSection(path=str(model)), optim=OptimSection(lr=1e-6), deepspeed=DeepSpeedSection(
+        enabled=False), lora=LoraSection(), micro_batch_size=1, accumulation=1, total_steps=100, cpus_per_worker=2)
+    learner = Learner(spec)
+    kwargs = dict(world_size=1, loss="grpo_clip", aggregation="token", eps_low=0.2, eps_high=0.272, tis_cap=None,
+                  kl_coef=0.0, temperature=1.0)
+    times: dict[str, list[float]] = {name: [] for name in layouts}
+    forwards: dict[str, int] = {}
+    for rep in range(args.repeats + 1):  # the first round warms up
+        for name, layout in (layouts.items() if rep % 2 else reversed(layouts.items())):
+            plan = plan_update(samples, minibatches=1, world_size=1, aggregation="token", pad_id=0, seed=0, **layout)
+            start = time.perf_counter()
+            learner.train_step(plan.batches[0][0], policy_loss_fn, normalizer=plan.normalizers[0], **kwargs)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+            forwards[name] = len(plan.batches[0][0])
+    result = {name: {"update_s": statistics.median(t), "spread_s": [min(t), max(t)], "forward_passes": forwards[name]}
+              for name, t in times.items()}
+    packed = result[f"packed_{pack_length * 4}"]["update_s"]
+    for name in ("padded_mb1", "padded_mb16"):
+        result[f"speedup_vs_{name}"] = result[name]["update_s"] / packed
+    for name, r in result.items():
+        if isinstance(r, dict):
+            print(f"  (p) {name}: {r['update_s']:.2f} s per update ({r['forward_passes']} forward passes; "
+                  f"min {r['spread_s'][0]:.2f}, max {r['spread_s'][1]:.2f})", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=("instruct", "think"), default="instruct")
     parser.add_argument("--checkpoint", type=Path, help="default: runs/demo/VARIANT/dpo/checkpoint (make demo)")
     parser.add_argument("--data", type=Path, default=REPO / "runs/tiny/data/rlvr")
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/rlvr")
-    parser.add_argument("--parts", default="abc")
+    parser.add_argument("--parts", default="abcp")
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm",
                         help="(a, b) this stage's rollout engine (default: vllm, as every recipe above the tiny ones)")
     parser.add_argument("--steps-a", type=int, default=8, help="(a) steps per run")
@@ -299,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-gain", type=float, default=0.10, help="(b) pass-rate gain both sides must reach")
     parser.add_argument("--trl-budget", type=float, default=1800, help="(b) TRL's training seconds at most")
     parser.add_argument("--engine-prompts", type=int, default=8, help="(c) prompts per generate call")
+    parser.add_argument("--repeats", type=int, default=3, help="(p) timed updates per layout")
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.trl_worker:
@@ -308,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"engine": args.engine, "variant": args.variant}
     args.checkpoint = args.checkpoint or REPO / f"runs/demo/{args.variant}/dpo/checkpoint"
-    if set(args.parts) & {"a", "b"}:
+    if set(args.parts) & {"a", "b", "p"}:
         if not (args.checkpoint / "config.json").is_file():
             print(f"no checkpoint at {args.checkpoint}: run `make demo` (or pass --checkpoint)", file=sys.stderr)
             return 2
@@ -321,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         results["b"] = part_b(model, args.data, args.out, args)
     if "c" in args.parts:
         results["c"] = part_c(args.out, args.engine_prompts)
+    if "p" in args.parts:
+        results["p"] = part_p(model, args.data, args)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("\nratios (target: a <= 0.7, b <= 0.5)")
     if "a" in results:
@@ -337,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{b['stage']['time_to_target_s']}, TRL {b['trl']['time_to_target_s']} (seconds of training)")
     if "c" in results:
         print(f"  (c) vLLM / hf generated tokens/s: {results['c']['ratio']:.2f}x")
+    if "p" in results:
+        p = results["p"]
+        print(f"  (p) packed update speed-up (target >= 2x): {p['speedup_vs_padded_mb1']:.2f}x against micro-batch 1, "
+              f"{p['speedup_vs_padded_mb16']:.2f}x against micro-batch 16")
     return 0
 
 

@@ -26,8 +26,8 @@ MLP width I, vocabulary V, and T tokens per forward pass:
   `model.gradient_checkpointing`: L x T x H x b (every layer's input kept)
   plus one layer's full activations (recomputed in backward); without: L
   layers' full activations.
-- the loss: C x V x 4 bytes x 3 (a chunk's fp32 logits, their softmax and
-  its gradient), C = `model.loss_chunk_tokens` positions, at most T; 0: T.
+- the loss: C x V x 4 bytes x 5 (fp32 (C, V) tensors alive at once in a
+  chunk's backward, as measured by bench/loss_memory.py), C = `model.loss_chunk_tokens` positions, at most T; 0: T.
 - full fine-tuning: LoRA's smaller gradients and optimizer state are not
   modelled, so a LoRA recipe's figure is an upper bound.
 
@@ -57,7 +57,7 @@ GB = 1e9
 MARGIN = 0.90  # refuse a learner above this fraction of the GPU
 GPUS = {"h100": 80 * GB, "h200": 141 * GB, "a100": 80 * GB}  # capacity as sold (A100: the 80 GB model)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto": an engine on GPU serves bfloat16
-LOSS_TEMPORARIES = 3  # fp32 logits of a chunk, their softmax, its gradient
+LOSS_TEMPORARIES = 5  # fp32 (C, V) tensors alive at once in a chunk's backward: measured by bench/loss_memory.py
 OVERLAP_BUFFERS = 4.5  # bucket-size multiple that overlap_comm allocates
 
 

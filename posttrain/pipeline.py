@@ -244,14 +244,15 @@ def run(
     *,
     relocations: Sequence[Relocation] = (),
     drivers: Registry[Driver] | None = None,
-    eval_size: int = 0,
+    eval_size: int | None = 0,
 ) -> Path:
     """Run the chain for `variant` (see the module docstring); returns the last stage's output directory.
 
     start: None runs every stage whose inputs changed; a stage name reruns it and every later stage.
     drivers: the stage drivers by name (default: `DRIVERS`, the real stages).
-    eval_size: > 0 runs the held-out suite of `posttrain.eval.heldout` (up to that many RLVR prompts and
-        DPO pairs) on the input and on every stage's checkpoint, into RUN_DIR/eval.json.
+    eval_size: runs the held-out suite of `posttrain.eval.heldout` on the input and on every stage's
+        checkpoint, into RUN_DIR/eval.json: None on the whole held-out split, N > 0 on its first N RLVR
+        prompts and DPO pairs, 0 not at all.
     """
     drivers = DRIVERS if drivers is None else drivers
     if start is not None and start not in CHAIN:
@@ -270,7 +271,7 @@ def run(
     finally:
         if not ray_was_up and _ray_is_up():
             sys.modules["ray"].shutdown()
-    if eval_size > 0:
+    if eval_size is None or eval_size > 0:
         from posttrain.model_card import write_model_card
 
         evaluate_stages(run_dir, variant, configs, eval_size)
@@ -289,7 +290,7 @@ def _ray_is_up() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], size: int) -> dict:
+def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig], size: int | None) -> dict:
     """The held-out suite on the chain's input (when local) and on each stage's checkpoint: RUN_DIR/eval.json."""
     from posttrain.eval import heldout
 

@@ -216,7 +216,7 @@ def sft_instruct_dir(tiny_dir, sft_think_dir, tmp_path_factory) -> Path:
     return run_once(shared_root(tmp_path_factory), "sft_instruct", _sft_run(tiny_dir, "instruct", start))
 
 
-LEARNING_EVAL_SIZE = 200  # held-out prompts (and pairs) per checkpoint in the learning chains' suite
+LEARNING_EVAL_SIZE = "all"  # the learning chains' suite scores the whole held-out split (never tuned on)
 
 
 def _learning_chain(tiny: Path, variant: str, sft_dir: Path, base: Path | None = None):
@@ -224,7 +224,7 @@ def _learning_chain(tiny: Path, variant: str, sft_dir: Path, base: Path | None =
         shutil.copytree(sft_dir, out / "sft")  # the pipeline's skip rule recognises the SFT run
         base_args = ["--base", str(base)] if base is not None else []
         run_cli(["pipeline", "--variant", variant, "--tiny", str(tiny), "--run-dir", str(out), *base_args,
-                 "--eval-size", str(LEARNING_EVAL_SIZE), "rlvr:eval.every=0", "logging.every=1",
+                 "--eval-size", LEARNING_EVAL_SIZE, "rlvr:eval.every=0", "logging.every=1",
                  "logging.progress=false"], out / "pipeline.log")
 
     return make

@@ -43,7 +43,8 @@ def chunk_logprobs(head: Head, hidden: Tensor, targets: Tensor, temperature: flo
     if entropy_out is not None:
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
-            entropy_out.append(lse - (probs * logits).sum(dim=-1))  # H = lse - E_p[logit]
+            expected = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)  # E_p[logit], no (K, V) product
+            entropy_out.append(lse - expected)  # H = logsumexp - E_p[logit]
     return picked - lse
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from posttrain.commands.pipeline import VARIANTS
+from posttrain.commands.pipeline import VARIANTS, eval_size
 
 HELP = "build the tiny default (if missing), run the Think and Instruct chains on it on the CPU, write a report"
 RECIPES = Path("recipes/tiny")  # like the paths inside the recipes, relative to the repository root
@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", default="runs/tiny", metavar="DIR", help="tiny default directory, built when missing (default: runs/tiny)")
     parser.add_argument("--run-dir", default="runs/demo", metavar="DIR", help="write RUN_DIR/think and RUN_DIR/instruct (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny default when it is built")
-    parser.add_argument("--eval-size", type=int, default=64, metavar="N",
-                        help="held-out RLVR prompts and DPO pairs scored on every checkpoint (0: no evaluation; "
-                             "default %(default)s)")
+    parser.add_argument("--eval-size", type=eval_size, default=None, metavar="all|N",
+                        help="held-out RLVR prompts and DPO pairs scored on every checkpoint: all of them (default), "
+                             "the first N, or 0: no evaluation")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for both chains, e.g. rlvr:grpo.steps=20 (see posttrain pipeline --help)")
 

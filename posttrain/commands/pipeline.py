@@ -25,6 +25,19 @@ VARIANTS = ("think", "instruct")
 DEFAULT_RECIPES = Path("recipes/tiny")
 
 
+def eval_size(text: str) -> int | None:
+    """`--eval-size`: "all" (None: the whole held-out split), or a count (0: no evaluation)."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a number of prompts, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a number >= 0, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, choices=VARIANTS, help="Think (reasons in <think>) or Instruct")
     parser.add_argument("--recipes", metavar="DIR", help="directory holding sft.yaml, dpo.yaml, rlvr.yaml (default: recipes/tiny/VARIANT)")
@@ -37,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", choices=CHAIN, default=None,
                         help="rerun this stage and every later one (earlier checkpoints must exist); "
                              "default: run the stages whose inputs changed, skip the others")
-    parser.add_argument("--eval-size", type=int, default=200, metavar="N",
-                        help="after the chain, score the input and every stage's checkpoint on up to N held-out RLVR "
-                             "prompts and N held-out DPO pairs, into RUN_DIR/eval.json (0: no evaluation; default %(default)s)")
+    parser.add_argument("--eval-size", type=eval_size, default=None, metavar="all|N",
+                        help="after the chain, score the input and every stage's checkpoint on the held-out RLVR prompts "
+                             "and DPO pairs, into RUN_DIR/eval.json: all of them (default), the first N, or 0: none")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for every stage (optim.lr=1e-5), or for one stage (rlvr:grpo.steps=20)")
 

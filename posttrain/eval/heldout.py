@@ -13,12 +13,12 @@ reported beside it (partial credit of multi-constraint prompts).
   `transformers` (no Ray), into RUN_DIR/eval.json (`evaluate_chain`), cached
   by checkpoint content hash and suite fingerprint. Its metrics:
   - `pass@1`, `pass@1/<verifier>`: one greedy response to each held-out RLVR
-    prompt (the RLVR recipe's `data.heldout`, the first `size`);
+    prompt (the RLVR recipe's `data.heldout`: all of it, or the first `size`);
   - `format`: share of those responses in the variant's shape
     (`posttrain.data.chat.is_well_formed`) that also stopped by themselves;
   - `response_tokens`, `truncated`: their mean length, the share cut at the limit;
   - `pref_acc`: share of held-out DPO pairs (the DPO recipe's `data.heldout`,
-    the first `size`) whose chosen response has the higher per-token
+    all, or the first `size`) whose chosen response has the higher per-token
     log-prob under the checkpoint (as `heldout_pref_acc` in DPO).
 
 One checkpoint from the command line:
@@ -89,7 +89,7 @@ class Suite:
     variant: str
     prompt_rows: tuple  # RLVR held-out rows: messages, ground_truth, verifier
     pair_config: DPOConfig | None  # whose data.heldout holds the held-out pairs
-    size: int  # at most this many prompts, and this many pairs
+    size: int | None  # at most this many prompts, and this many pairs; None: the whole held-out split
     max_tokens: int
     max_prompt_length: int
 
@@ -101,7 +101,7 @@ class Suite:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, size: int) -> Suite:
+def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, size: int | None = None) -> Suite:
     """The suite a chain's recipes define: RLVR held-out prompts, DPO held-out pairs."""
     rows: list[dict] = []
     if rlvr is not None and rlvr.data.heldout:

@@ -7,6 +7,7 @@ Layout (a contract: stages, recipes and outside tests read it):
                                    tokenizer files with the chat template
     DIR/data/NAME/train.jsonl      NAME in sft_think, sft_instruct, dpo_think,
     DIR/data/NAME/heldout.jsonl    dpo_instruct, rlvr
+    DIR/data/rlvr/dev.jsonl        RLVR prompts to tune on; heldout.jsonl is what is reported
     DIR/build.json                 seed, sizes, hashes, timings, pretraining stats
 
 Order of work: toy data (from the seed), tokenizer (trained on the toy text),
@@ -31,8 +32,9 @@ from typing import Callable
 
 from posttrain.tiny.datasets import DATASETS, DataConfig
 
-FORMAT = 2  # bump when the layout or the generators change meaning; older builds then rebuild
+FORMAT = 3  # bump when the layout or the generators change meaning; older builds then rebuild
 SPLITS = ("train", "heldout")
+EXTRA_SPLITS = {"rlvr": ("dev",)}
 BUILD_FILE = "build.json"
 
 
@@ -48,7 +50,7 @@ def is_built(out_dir: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     files = [out / "base" / "config.json", out / "base" / "tokenizer.json"]
-    files += [data_path(out, name, split) for name in DATASETS for split in SPLITS]
+    files += [data_path(out, name, split) for name in DATASETS for split in SPLITS + EXTRA_SPLITS.get(name, ())]
     return info.get("format") == FORMAT and all(f.is_file() for f in files)
 
 

@@ -38,7 +38,8 @@ class DataConfig:
     dpo_train: int = 3000            # DPO pairs per style
     dpo_heldout: int = 300
     rlvr_train: int = 3000           # RLVR prompts (shared by both variants)
-    rlvr_heldout: int = 400          # >= 200 so that pass rates are measured to a few points
+    rlvr_dev: int = 200              # RLVR prompts to tune on (the recipes were tuned on these)
+    rlvr_heldout: int = 200          # RLVR prompts to report on, never tuned on; >= 200: pass rates to a few points
     ifeval_fraction: float = 0.5     # share of instruction-following tasks in SFT and DPO
     rlvr_ifeval_fraction: float = 0.6  # share of instruction-following prompts in RLVR (the RL lever)
     two_constraint_fraction: float = 0.35  # share of instruction-following tasks with two constraints
@@ -172,7 +173,8 @@ def rlvr_row(sampler: _Sampler) -> dict:
 
 
 def build_datasets(pools: Pools, cfg: DataConfig, rng: random.Random) -> dict[str, dict[str, list[dict]]]:
-    """{dataset name: {"train": rows, "heldout": rows}} for every name in `DATASETS`."""
+    """{dataset name: {split: rows}} for every name in `DATASETS`: train and heldout, and for rlvr a dev split
+    drawn from the held-out pool before the heldout one (distinct prompts, none seen in training)."""
     train = _Sampler(pools.train, cfg, rng)
 
     def held() -> _Sampler:  # each held-out split draws distinct prompts
@@ -192,6 +194,7 @@ def build_datasets(pools: Pools, cfg: DataConfig, rng: random.Random) -> dict[st
     rlvr_held = held()
     out["rlvr"] = {
         "train": [rlvr_row(train) for _ in range(cfg.rlvr_train)],
+        "dev": [rlvr_row(rlvr_held) for _ in range(cfg.rlvr_dev)],
         "heldout": [rlvr_row(rlvr_held) for _ in range(cfg.rlvr_heldout)],
     }
     return out

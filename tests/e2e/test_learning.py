@@ -1,8 +1,9 @@
 """Each stage of the tiny chains, run by its recipes as shipped, learns what its recipe is for.
 
 The chains (`think_chain`, `instruct_chain` in tests/conftest.py) run SFT, DPO and RLVR through the real CLI and
-score every checkpoint on the same held-out suite (`posttrain.eval.heldout`: greedy pass@1 on 200 RLVR prompts the
-chain never trained on, the format rate, the preference accuracy on 200 held-out pairs).
+score every checkpoint on the same held-out suite (`posttrain.eval.heldout`, the whole held-out split: greedy pass@1
+on 200 RLVR prompts the chain never trained on and the recipes were never tuned on (they were tuned on the tiny
+data's dev split), the format rate, the preference accuracy on 300 held-out pairs).
 
 Float results differ between CPU types and a chain of training stages is chaotic, so the same seeds give another
 chain on another machine. Each threshold below is therefore set under the worst case measured over several data
@@ -32,6 +33,7 @@ DPO_PREF_ACC_MIN = 0.9  # held-out preference accuracy after DPO (all held-out p
 DPO_PREF_ACC_GAIN_MIN = 0.05  # ... over the SFT checkpoint's
 RLVR_TRAIN_REWARD_GAIN_MIN = 0.03  # mean training reward, last third of the steps over the first third
 RLVR_HELDOUT_GAIN_MIN = 0.05  # held-out pass@1, RLVR checkpoint over DPO's, mean of both variants
+CHAIN_OVER_SFT_MIN = 0.0  # held-out pass@1, the chain's last checkpoint over its SFT checkpoint, each variant
 
 
 def suite(chain: Path) -> dict:
@@ -129,7 +131,8 @@ def test_rlvr_raises_the_training_reward(variant, chain, record):
 
 
 def test_rlvr_raises_heldout_pass_at_1(think_chain, instruct_chain, record):
-    """Greedy pass@1 on the suite's held-out prompts (200 per variant), from the saved DPO and RLVR checkpoints.
+    """Greedy pass@1 on the suite's held-out prompts (the whole split, 200 per variant), from the saved DPO and
+    RLVR checkpoints.
 
     Asserted over both variants together (400 prompts): one variant's gain on 200 prompts moves by more from
     machine to machine than the pooled one (each variant's is in the learning summary)."""
@@ -144,3 +147,11 @@ def test_rlvr_raises_heldout_pass_at_1(think_chain, instruct_chain, record):
     pooled = sum(gains) / len(gains)
     record("RLVR: held-out pass@1 gain, both variants", pooled, RLVR_HELDOUT_GAIN_MIN)
     assert pooled >= RLVR_HELDOUT_GAIN_MIN, gains
+
+
+def test_each_chain_ends_above_its_sft(variant, chain, record):
+    """The chain's final checkpoint (after DPO and RLVR) passes more held-out prompts than its SFT checkpoint."""
+    results = suite(chain)
+    sft, final = results["sft"]["pass@1"], results["rlvr"]["pass@1"]
+    record(f"{variant} chain: held-out pass@1 over SFT ({sft:.3f} -> {final:.3f})", final - sft, CHAIN_OVER_SFT_MIN)
+    assert final - sft > CHAIN_OVER_SFT_MIN, results

@@ -24,7 +24,7 @@ from posttrain.tiny.builder import read_build_info
 
 NAMES = ("sft_think", "sft_instruct", "dpo_think", "dpo_instruct", "rlvr")
 SMALL = D.DataConfig(
-    sft_train=200, sft_heldout=20, dpo_train=100, dpo_heldout=20, rlvr_train=100, rlvr_heldout=40,
+    sft_train=200, sft_heldout=20, dpo_train=100, dpo_heldout=20, rlvr_train=100, rlvr_dev=20, rlvr_heldout=40,
     pool_math=400, pool_ifeval=400, pool_heldout=80, pretrain_documents=800,
 )
 
@@ -63,7 +63,7 @@ def test_layout_is_complete(tiny_dir):
     assert 2_000_000 <= info["model"]["parameters"] <= 10_000_000
     assert info["model"]["head_dim"] == 64
     assert set(info["timings"]) >= {"data_s", "tokenizer_s", "pretrain_s", "save_s", "total_s"}
-    assert info["data"]["rlvr/heldout"] >= 200
+    assert info["data"]["rlvr/heldout"] >= 200 and info["data"]["rlvr/dev"] >= 200
 
 
 def test_tokenizer_and_generation_config(tiny_dir):
@@ -203,6 +203,8 @@ def test_heldout_prompts_never_trained_on(tiny_dir):
     assert heldout and not (train & heldout)
     rlvr = [r["messages"][0]["content"] for r in data(tiny_dir, "rlvr", "heldout")]
     assert len(set(rlvr)) == len(rlvr) >= 200
+    dev = {r["messages"][0]["content"] for r in data(tiny_dir, "rlvr", "dev")}  # tuned on: apart from what is reported
+    assert len(dev) >= 200 and not (dev & set(rlvr)) and not (dev & train)
     # nor pretrained on: rebuild the pretraining text of the seed and look for held-out prompts
     rng = random.Random(read_build_info(tiny_dir)["seed"])
     cfg = D.DataConfig()
