@@ -11,7 +11,11 @@ Olmo 3 7B (bf16, gradient checkpointing, built on the device) it prints, one lin
   apart);
 - mfu: bf16 model FLOPs utilisation of forward + backward on packed 16K rows at 1B and 7B shapes (model
   FLOPs: 6 x parameters x tokens + causal attention; checkpointing's recompute not counted);
-- state dict copies: device -> host (pageable and pinned) and host -> device of the 7B's weights.
+- state dict copies: device -> host (pageable and pinned) and host -> device of the 7B's weights;
+- rlvr update, packed against padded: one step's 64 samples (prompts of 64-192 tokens, responses of 8-256
+  drawn uniformly: the 256-token workload) through forward and backward of the policy-gradient loss, as
+  padded micro-batches of 1 and of 16 samples (sorted by length) and as rows packed up to 4096 tokens
+  (`RolloutBatch.packed_sequences`) under sdpa and flex attention.
 
 `--device cpu --shape tiny --tokens 1024` runs the same code on the CPU (its twin, for CI-less checks);
 memory figures are CUDA-only. A run that runs out of memory prints OOM for that line and goes on.
@@ -206,6 +210,85 @@ def copies(model, device: torch.device) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- RLVR updates: packed vs padded
+
+
+def workload(count: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    import random
+
+    rng = random.Random(seed)
+    return [([rng.randrange(2, vocab) for _ in range(rng.randint(64, 192))],
+             [rng.randrange(2, vocab) for _ in range(rng.randint(8, 256))]) for _ in range(count)]
+
+
+def rollout(samples: list, packed: bool):
+    """A RolloutBatch of (prompt, response) token lists: prompts left-padded, responses right-padded."""
+    from posttrain.data.batches import RolloutBatch
+
+    n, tp, tr = len(samples), max(len(p) for p, _ in samples), max(len(r) for _, r in samples)
+    prompt_ids, prompt_mask = torch.zeros(n, tp, dtype=torch.long), torch.zeros(n, tp, dtype=torch.long)
+    response_ids, response_mask = torch.zeros(n, tr, dtype=torch.long), torch.zeros(n, tr)
+    for i, (p, r) in enumerate(samples):
+        prompt_ids[i, tp - len(p):], prompt_mask[i, tp - len(p):] = torch.tensor(p), 1
+        response_ids[i, :len(r)], response_mask[i, :len(r)] = torch.tensor(r), 1.0
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                        response_lengths=torch.tensor([len(r) for _, r in samples]), response_mask=response_mask,
+                        engine_logprobs=torch.zeros(n, tr), rewards=torch.zeros(n),
+                        advantages=torch.linspace(-1, 1, n), group_index=torch.arange(n),
+                        policy_version=torch.zeros(n, dtype=torch.long), truncated=torch.zeros(n, dtype=torch.bool),
+                        packed=packed)
+
+
+def layouts(samples: list, pack_length: int) -> dict[str, list]:
+    by_length = sorted(samples, key=lambda s: len(s[0]) + len(s[1]))
+    bins: list[list] = []
+    for sample in reversed(by_length):  # first fit, longest first
+        size = len(sample[0]) + len(sample[1])
+        slot = next((b for b in bins if sum(len(p) + len(r) for p, r in b) + size <= pack_length), None)
+        slot.append(sample) if slot is not None else bins.append([sample])
+    return {"padded_mb1": [rollout([s], False) for s in samples],
+            "padded_mb16": [rollout(by_length[i:i + 16], False) for i in range(0, len(by_length), 16)],
+            f"packed_{pack_length}": [rollout(b, True) for b in bins]}
+
+
+def policy_update(model, batches: list, device: torch.device) -> None:
+    total = sum(float(b.response_mask.sum()) for b in batches)
+    for batch in batches:
+        batch = batch.to(device)
+        if batch.packed:
+            ids, positions, labels, index = batch.packed_sequences()
+            row, _, _ = label_logprobs(model, {"input_ids": ids, "position_ids": positions}, labels)
+            logps = torch.where(index >= 0, row[0][index.clamp(min=0)], torch.zeros((), device=device))
+        else:
+            input_ids, attention_mask, position_ids = batch.sequences()
+            full, _, _ = label_logprobs(model, {"input_ids": input_ids, "attention_mask": attention_mask,
+                                                "position_ids": position_ids}, batch.response_labels())
+            logps = full[:, batch.prompt_ids.shape[1]:]
+        ratio = torch.exp(logps - logps.detach())
+        (-(batch.advantages[:, None] * ratio * batch.response_mask).sum() / total).backward()
+
+
+def packing(model, device: torch.device, attentions: list[str], repeats: int = 2) -> dict:
+    samples = workload(64, model.config.vocab_size)
+    out: dict = {"tokens": sum(len(p) + len(r) for p, r in samples)}
+    for attn in attentions:
+        set_attention(model, attn)
+        for name, batches in layouts(samples, 4096).items():
+            if attn != "sdpa" and not name.startswith("packed"):
+                continue  # padded rows are timed once, under sdpa
+            policy_update(model, batches, device)  # warm-up (flex: compiles; shapes vary, so twice)
+            policy_update(model, batches[::-1], device)
+            free_grads(model)
+            times = [measure(device, lambda: policy_update(model, batches, device)) for _ in range(repeats)]
+            free_grads(model)
+            seconds = [t["s"] for t in times if "s" in t]
+            out[f"{name}_{attn}"] = {"update_s": min(seconds) if seconds else None, "forward_passes": len(batches),
+                                     "peak_gib": times[-1].get("peak_gib"), **({} if seconds else times[-1])}
+            show(f"rlvr update, {out['tokens']} tokens in 64 samples, {name} ({attn})", out[f"{name}_{attn}"])
+    set_attention(model, "sdpa")
+    return out
+
+
 def show(label: str, result: dict) -> None:
     if result.get("oom"):
         print(f"{label}: OOM", flush=True)
@@ -221,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-shape", default="1b", choices=sorted(SHAPES), help="the second MFU shape")
     parser.add_argument("--tokens", type=int, default=32768, help="sequence length of the loss and SFT checks")
     parser.add_argument("--mfu-tokens", type=int, default=16384)
-    parser.add_argument("--skip", default="", help="comma-separated: rlvr,sft,flex,mfu,copy")
+    parser.add_argument("--skip", default="", help="comma-separated: rlvr,sft,flex,mfu,pack,copy")
     parser.add_argument("--repeat", type=int, default=1, help="RLVR loss runs per variant, alternated")
     parser.add_argument("--rlvr-flex", action="store_true", help="also time the RLVR loss with flex attention")
     parser.add_argument("--out", type=Path, default=None, help="write results.json here")
@@ -295,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         results[f"mfu_{args.shape}"] = mfu(model, device, args.mfu_tokens, max(1, args.mfu_tokens // 4096), 3, peak)
         show(f"mfu {args.shape} ({attn}, {args.mfu_tokens}-token rows of 4096-token documents)",
              results[f"mfu_{args.shape}"])
+
+    if "pack" not in skip:
+        results["packing"] = packing(model, device, ["sdpa"] + ([] if "flex" in skip else ["flex_attention"]))
 
     if "copy" not in skip:
         results["state_dict_copy"] = copies(model, device)
