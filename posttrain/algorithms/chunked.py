@@ -77,8 +77,8 @@ def chunked_logprobs(head: Head, hidden: Tensor, targets: Tensor, *, temperature
             return out
 
         logps.append(checkpoint(run, piece, piece_targets, use_reentrant=False))
-    if not logps:  # no positions: keep the graph connected so a backward through an empty loss still works
-        empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.sum() * 0.0
-        return empty, (empty.detach() if entropy else None)
+    if not logps:  # no positions: the head still runs (on nothing), so its weights get a (zero) gradient on
+        # every rank, as data-parallel gradient reduction expects
+        logps.append(chunk_logprobs(head, hidden, targets, temperature, entropies))
     out = torch.cat(logps)
     return out, (torch.cat(entropies) if entropy else None)

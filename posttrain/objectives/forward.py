@@ -6,8 +6,9 @@ returns, without ever holding the (B, T, V) logits: the model runs with its
 output layer bypassed (its `forward` replaced by the identity for that one
 call, so wrappers' hooks still run: DeepSpeed ZeRO-3 gathers, DDP, PEFT),
 the final hidden states at the labelled positions are gathered into one
-(K, H) tensor, and `posttrain.algorithms.chunked.chunked_logprobs` runs the
-real output layer on them chunk by chunk. The peak memory of the loss is
+(K, H) tensor, and one more call of the output layer runs
+`posttrain.algorithms.chunked.chunked_logprobs` on them, chunk by chunk
+(`head_logprobs`). The peak memory of the loss is
 then O(chunk x V) instead of O(B x T x V), and prompt and padding positions
 cost nothing in the output layer.
 
@@ -21,6 +22,7 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posttrain.algorithms.chunked import chunked_logprobs
@@ -51,13 +53,40 @@ def plain_head(lm: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def head_bypassed(head: nn.Module) -> Iterator[None]:
-    """Within the block, calling `head` returns its input: the model's forward yields hidden states as `logits`."""
-    head.forward = lambda hidden, *args, **kwargs: hidden  # instance attribute: shadows the class's forward
+def head_forward(head: nn.Module, forward) -> Iterator[None]:
+    """Within the block, calling `head` runs `forward` (an instance attribute shadowing the class's forward),
+    with the module's hooks still around it."""
+    head.forward = forward
     try:
         yield
     finally:
         del head.forward
+
+
+def _identity(hidden: Tensor, *args, **kwargs) -> Tensor:
+    return hidden
+
+
+def head_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, *, temperature: float, chunk: int,
+                  entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """`chunked_logprobs` through ONE call of the head module, whatever the number of chunks.
+
+    Every rank then calls the output layer once per forward (and DeepSpeed ZeRO-3 gathers its weight once,
+    a collective every rank must make equally often), with no positions as well; the backward's
+    recomputation of each chunk runs after ZeRO-3's pre-backward hook on the call's output has gathered
+    the weight again. A head that is not a plain `nn.Linear` (an adapter on it) is called chunk by chunk.
+    """
+    if type(head) is not nn.Linear:
+        return chunked_logprobs(head, hidden, targets, temperature=temperature, chunk=chunk, entropy=entropy)
+
+    def forward(x: Tensor):
+        out = chunked_logprobs(lambda h: F.linear(h, head.weight, head.bias), x, targets, temperature=temperature,
+                               chunk=chunk, entropy=entropy)
+        return out if entropy else out[0]
+
+    with head_forward(head, forward):
+        out = head(hidden)
+    return out if entropy else (out, None)
 
 
 def label_logprobs(model: nn.Module, inputs: dict, labels: Tensor, *, temperature: float = 1.0,
@@ -75,10 +104,10 @@ def label_logprobs(model: nn.Module, inputs: dict, labels: Tensor, *, temperatur
     where = targets != IGNORE_INDEX  # (B, T-1)
     if plain_head(lm):
         head = lm.get_output_embeddings()
-        with head_bypassed(head):
+        with head_forward(head, _identity):
             hidden = model(**inputs, use_cache=False).logits  # (B, T, H)
-        picked, ent = chunked_logprobs(head, hidden[:, :-1][where], targets[where], temperature=temperature,
-                                       chunk=chunk, entropy=entropy)
+        picked, ent = head_logprobs(head, hidden[:, :-1][where], targets[where], temperature=temperature,
+                                    chunk=chunk, entropy=entropy)
     else:
         logits = model(**inputs, use_cache=False).logits[:, :-1][where]
         picked, ent = chunked_logprobs(lambda x: x, logits, targets[where], temperature=temperature, chunk=0,

@@ -40,7 +40,8 @@ def tokenizer():
     from posttrain.tiny.tokenizer import train_tokenizer
 
     rng = random.Random(0)
-    cfg = D.DataConfig(pool_math=300, pool_ifeval=300, pool_heldout=50, pretrain_documents=500)
+    cfg = D.DataConfig(pool_math=300, pool_ifeval=300, pool_heldout=50, rlvr_dev=20, rlvr_heldout=20,
+                       pretrain_documents=500)
     docs = D.pretraining_documents(D.make_pools(cfg, rng), cfg, rng)
     return train_tokenizer(docs + ["user\nassistant\nsystem\n"] * 5, vocab_size=600)
 
@@ -51,7 +52,7 @@ def conversations(n: int = 60) -> list[list[dict]]:
 
     rng = random.Random(1)
     cfg = D.DataConfig(
-        sft_train=n, sft_heldout=1, dpo_train=1, dpo_heldout=1, rlvr_train=1, rlvr_heldout=1,
+        sft_train=n, sft_heldout=1, dpo_train=1, dpo_heldout=1, rlvr_train=1, rlvr_dev=1, rlvr_heldout=1,
         pool_math=200, pool_ifeval=200, pool_heldout=60, multi_turn_fraction=0.4, system_fraction=0.3,
     )
     data = D.build_datasets(D.make_pools(cfg, rng), cfg, rng)
