@@ -46,7 +46,9 @@ def model_dir(tmp_path_factory):
 
 def spec(path, *, zero_stage, deepspeed=True, lora=False) -> LearnerSpec:
     return LearnerSpec(model=ModelSection(path=path), optim=OptimSection(lr=1e-2),
-                       deepspeed=DeepSpeedSection(enabled=deepspeed, zero_stage=zero_stage),
+                       # no parameter stays whole under ZeRO-3: the output layer is gathered and released too
+                       deepspeed=DeepSpeedSection(enabled=deepspeed, zero_stage=zero_stage,
+                                                  stage3_param_persistence_threshold=0),
                        lora=LoraSection(enabled=lora, r=4, alpha=8), micro_batch_size=2, accumulation=1,
                        total_steps=10)
 
@@ -57,6 +59,8 @@ ROWS = [{"input_ids": [2 + (i * 5 + j) % 50 for j in range(n)], "labels": [2 + (
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_zero_ranks_match_one_rank_on_the_whole_batch(local_ray, model_dir, zero_stage, tmp_path):
+    """Loss chunks of 3 positions: the ranks run different numbers of chunks (12 and 18 loss tokens), which
+    must not change how often each calls the output layer (ZeRO-3 gathers it: a collective)."""
     whole = collate_padded(ROWS, pad_token_id=1)
     halves = [collate_padded(ROWS[0::2], pad_token_id=1), collate_padded(ROWS[1::2], pad_token_id=1)]
     n = whole.num_loss_tokens
@@ -67,7 +71,7 @@ def test_two_zero_ranks_match_one_rank_on_the_whole_batch(local_ray, model_dir, 
     group = LearnerGroup(spec(model_dir, zero_stage=zero_stage), 2, cpus_per_worker=1)
     try:
         got = [group.call_per_rank("train_step", [([h],) for h in halves], loss_fn=sft_loss, normalizer=n,
-                                   world_size=2) for _ in range(2)]
+                                   world_size=2, chunk=3) for _ in range(2)]
         group.call("export", str(tmp_path))
     finally:
         group.shutdown()
