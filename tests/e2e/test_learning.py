@@ -149,6 +149,7 @@ def test_rlvr_raises_heldout_pass_at_1(think_chain, instruct_chain, record):
     assert pooled >= RLVR_HELDOUT_GAIN_MIN, gains
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_each_chain_ends_above_its_sft(variant, chain, record):
     """The chain's final checkpoint (after DPO and RLVR) passes more held-out prompts than its SFT checkpoint."""
     results = suite(chain)
