@@ -36,18 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from posttrain.memory import OLMO3_SHAPES, olmo3_shape  # noqa: E402
 from posttrain.objectives.forward import label_logprobs  # noqa: E402
 
-VOCAB = 100278
-BASE = dict(vocab_size=VOCAB, max_position_embeddings=65536, sliding_window=4096, pad_token_id=1, eos_token_id=100257,
-            rms_norm_eps=1e-6, tie_word_embeddings=False)
-SHAPES = {  # Olmo 3 widths; 3 of every 4 layers slide over 4096 tokens
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
-               num_key_value_heads=16),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=1000, sliding_window=64),
+# what a random-init model needs beyond its shape (the shapes: 3 of every 4 layers slide over the window)
+RUNTIME = dict(max_position_embeddings=65536, pad_token_id=1, eos_token_id=100257, rms_norm_eps=1e-6)
+SHAPES = {
+    "7b": OLMO3_SHAPES["7b"],  # the published Olmo 3 7B, as `posttrain plan` counts it
+    "1b": olmo3_shape(2048, 16, 16, 16, 8192),
+    "tiny": {**olmo3_shape(64, 4, 2, 2, 128), "vocab_size": 1000, "sliding_window": 64, "eos_token_id": 999},
 }
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16 FLOP/s (SXM)
 
@@ -55,10 +52,8 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16 FLOP/
 def build(shape: str, device: torch.device, attn: str = "sdpa"):
     from transformers import Olmo3Config, Olmo3ForCausalLM
 
-    values = {**BASE, **SHAPES[shape]}
-    layers = values["num_hidden_layers"]
-    config = Olmo3Config(**values, layer_types=["full_attention" if (i + 1) % 4 == 0 else "sliding_attention"
-                                                for i in range(layers)], attn_implementation=attn)
+    values = {key: value for key, value in {**RUNTIME, **SHAPES[shape]}.items() if key != "model_type"}
+    config = Olmo3Config(**values, attn_implementation=attn)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with device:
@@ -222,7 +217,10 @@ def workload(count: int, vocab: int, seed: int = 0) -> list[tuple[list[int], lis
 
 
 def rollout(samples: list, packed: bool):
-    """A RolloutBatch of (prompt, response) token lists: prompts left-padded, responses right-padded."""
+    """A RolloutBatch of (prompt, response) token lists: prompts left-padded, responses right-padded.
+
+    What posttrain.data.rlvr's rollout_batch and pack_samples do, written again here (as `layouts` does):
+    that module needs pydantic and the verifiers, which the GPU machine does not have."""
     from posttrain.data.batches import RolloutBatch
 
     n, tp, tr = len(samples), max(len(p) for p, _ in samples), max(len(r) for _, r in samples)
@@ -334,25 +332,24 @@ def main(argv: list[str] | None = None) -> int:
         rlvr_chunked(model, ids[:, : args.tokens // 8], prompt // 8)  # warm-up: kernels load, the allocator grows
         free_grads(model)
         variants = [("chunked", rlvr_chunked), ("whole_logits", rlvr_whole_logits)]
+
+        def timed(fn, key: str, label: str) -> None:
+            result = measure(device, lambda: fn(model, ids, prompt))
+            free_grads(model)
+            if "s" in result:
+                result["tokens_per_s"] = args.tokens / result["s"]
+            results[key] = result
+            show(f"rlvr loss {args.tokens} tokens, {label}", result)
+
         for rep in range(args.repeat):  # alternated, so neither runs only first
-            for label, fn in variants:
-                result = measure(device, lambda: fn(model, ids, prompt))
-                free_grads(model)
-                if "s" in result:
-                    result["tokens_per_s"] = args.tokens / result["s"]
-                results[f"rlvr_{label}_{rep}"] = result
-                show(f"rlvr loss {args.tokens} tokens, {label} (sdpa), run {rep + 1}", result)
+            for name, fn in variants:
+                timed(fn, f"rlvr_{name}_{rep}", f"{name} (sdpa), run {rep + 1}")
         if "flex" not in skip and args.rlvr_flex:
             set_attention(model, "flex_attention")
             rlvr_chunked(model, ids, prompt)  # compiles
             free_grads(model)
-            for label, fn in variants:
-                result = measure(device, lambda: fn(model, ids, prompt))
-                free_grads(model)
-                if "s" in result:
-                    result["tokens_per_s"] = args.tokens / result["s"]
-                results[f"rlvr_{label}_flex"] = result
-                show(f"rlvr loss {args.tokens} tokens, {label} (flex_attention)", result)
+            for name, fn in variants:
+                timed(fn, f"rlvr_{name}_flex", f"{name} (flex_attention)")
             set_attention(model, "sdpa")
 
     if "sft" not in skip:
@@ -372,11 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         set_attention(model, "sdpa")
 
     flex_trains = "s" in results.get("sft_flex_attention", {})
+    documents = max(1, args.mfu_tokens // 4096)  # MFU rows: documents of 4096 tokens (fewer tokens: one document)
     if "mfu" not in skip:
         attn = "flex_attention" if flex_trains else "sdpa"
         set_attention(model, attn)
-        results[f"mfu_{args.shape}"] = mfu(model, device, args.mfu_tokens, max(1, args.mfu_tokens // 4096), 3, peak)
-        show(f"mfu {args.shape} ({attn}, {args.mfu_tokens}-token rows of 4096-token documents)",
+        results[f"mfu_{args.shape}"] = mfu(model, device, args.mfu_tokens, documents, 3, peak)
+        show(f"mfu {args.shape} ({attn}, {args.mfu_tokens}-token rows of {args.mfu_tokens // documents}-token documents)",
              results[f"mfu_{args.shape}"])
 
     if "pack" not in skip:
@@ -393,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         small = build(args.small_shape, device)
         set_attention(small, "flex_attention" if flex_trains else "sdpa")
-        results[f"mfu_{args.small_shape}"] = mfu(small, device, args.mfu_tokens, max(1, args.mfu_tokens // 4096), 3,
+        results[f"mfu_{args.small_shape}"] = mfu(small, device, args.mfu_tokens, documents, 3,
                                                  peak)
         show(f"mfu {args.small_shape} ({'flex_attention' if flex_trains else 'sdpa'})", results[f"mfu_{args.small_shape}"])
 

@@ -27,7 +27,8 @@ MLP width I, vocabulary V, and T tokens per forward pass:
   plus one layer's full activations (recomputed in backward); without: L
   layers' full activations.
 - the loss: C x V x 4 bytes x 5 (fp32 (C, V) tensors alive at once in a
-  chunk's backward, as measured by bench/loss_memory.py), C = `model.loss_chunk_tokens` positions, at most T; 0: T.
+  chunk's backward, as measured by bench/loss_memory.py), C =
+  `model.loss_chunk_tokens` positions, at most T; 0: T.
 - full fine-tuning: LoRA's smaller gradients and optimizer state are not
   modelled, so a LoRA recipe's figure is an upper bound.
 
@@ -61,7 +62,7 @@ LOSS_TEMPORARIES = 5  # fp32 (C, V) tensors alive at once in a chunk's backward:
 OVERLAP_BUFFERS = 4.5  # bucket-size multiple that overlap_comm allocates
 
 
-def _olmo3(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> dict:
+def olmo3_shape(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> dict:
     """A published Olmo 3 config's shape keys: 3 of every 4 layers slide over 4,096 tokens, the 4th sees everything."""
     return {"model_type": "olmo3", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
             "num_key_value_heads": kv_heads, "intermediate_size": intermediate, "vocab_size": 100_278,
@@ -70,7 +71,7 @@ def _olmo3(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: in
 
 
 # allenai/Olmo-3-1025-7B and allenai/Olmo-3-1125-32B (config.json on the hub; olmo3-reference.md: layers, hidden, heads)
-OLMO3_SHAPES = {"7b": _olmo3(4096, 32, 32, 32, 11_008), "32b": _olmo3(5120, 64, 40, 8, 27_648)}
+OLMO3_SHAPES = {"7b": olmo3_shape(4096, 32, 32, 32, 11_008), "32b": olmo3_shape(5120, 64, 40, 8, 27_648)}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ reach the output layer at all.
 
 Values and gradients equal those of the whole-sequence computation
 (`posttrain.algorithms.losses.gather_logprobs` on full logits) up to float
-rounding; tests/algorithms/test_chunked.py checks both.
+rounding; tests/objectives/test_forward.py checks both.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ then O(chunk x V) instead of O(B x T x V), and prompt and padding positions
 cost nothing in the output layer.
 
 Models whose logits are more than `lm_head(hidden)` (soft-capping, a logit
-scale) take the plain path: full logits, then `token_logprobs`.
+scale) take the plain path: the model's own logits at the labelled
+positions, log-probs in one chunk.
 """
 
 from __future__ import annotations
