@@ -65,6 +65,10 @@ class DatasetSpec(Section):
     count: Optional[int] = Field(None, ge=1, description="take this many rows from the source (sampled with the data seed)")
     fraction: Optional[float] = Field(None, gt=0, description="take this fraction of the source; above 1 repeats it")
     columns: dict[str, str] = Field(default_factory=dict, description="rename source columns: {source_name: expected_name}")
+    revision: Optional[str] = Field(None, description="hub datasets: the commit, tag or branch to read (pin it: a dataset "
+                                    "updated on the hub otherwise changes the run); the manifest records the resolved commit")
+    streaming: bool = Field(False, description="hub datasets too big to materialise: read rows as a stream "
+                                               "(count, not fraction, bounds what is taken)")
 
     @model_validator(mode="after")
     def _count_or_fraction(self):
@@ -88,6 +92,8 @@ class DataSection(MixtureSection):
 
     max_length: int = Field(2048, ge=8, description="maximum tokens per training sequence")
     overlong: Literal["truncate", "drop"] = Field("drop", description="what to do with examples longer than max_length")
+    num_proc: Optional[int] = Field(None, ge=1, description="processes that tokenise (datasets.map); default: the CPUs, at most 16")
+    cache_dir: Optional[str] = Field(None, description="token cache; default $POSTTRAIN_CACHE or ~/.cache/posttrain/tokens")
 
 
 class OutputSection(Section):
@@ -296,6 +302,8 @@ class VerifiersSection(Section):
     timeout: float = Field(10.0, gt=0, description="seconds per scored item before it scores 0")
     max_workers: Optional[int] = Field(None, ge=1, description="reward worker processes")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-verifier context, e.g. {code: {pass_threshold: 0.99}}")
+    aliases: dict[str, str] = Field(default_factory=dict, description="verifier names in the data -> registered names; "
+                                    "extends the built-in table of open-instruct's names (rewards.aliases.ALIASES)")
     num_workers: int = Field(1, ge=1, description="reward-worker actors; each scores its share of the responses in its own process pool")
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved per reward-worker actor (0: no reservation, for machines where verifiers are light)")
 

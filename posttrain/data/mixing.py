@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from posttrain.config import DataSection, DatasetSpec
-from posttrain.data.sources import DataError, RowValidator, SourceReport, read_source
+from posttrain.data.sources import DataError, RowAdapter, RowValidator, SourceReport, read_source
 
 if TYPE_CHECKING:
     import datasets
@@ -61,14 +61,15 @@ def mix(
     seed: int = 0,
     on_bad_row: str = "error",
     shuffle: bool = True,
+    adapt: Optional[RowAdapter] = None,
 ) -> Mixture:
-    """Read every source, concatenate in order, shuffle with `seed`."""
+    """Read every source (through `adapt`, if given), concatenate in order, shuffle with `seed`."""
     if not specs:
         raise DataError("no data sources given")
     rows: list[dict] = []
     reports = []
     for spec in specs:
-        part, report = read_source(spec, validate_row, seed=seed, on_bad_row=on_bad_row)
+        part, report = read_source(spec, validate_row, seed=seed, on_bad_row=on_bad_row, adapt=adapt)
         rows.extend(part)
         reports.append(report)
     if shuffle:
@@ -76,7 +77,8 @@ def mix(
     return Mixture(rows=rows, sources=reports)
 
 
-def mix_section(data: DataSection, validate_row: RowValidator, split: str = "train") -> Mixture:
+def mix_section(data: DataSection, validate_row: RowValidator, split: str = "train",
+                adapt: Optional[RowAdapter] = None) -> Mixture:
     """The mixture a recipe's `data:` section describes: `split` is "train" or "heldout".
 
     Held-out rows are not shuffled, so evaluations read them in file order.
@@ -84,4 +86,5 @@ def mix_section(data: DataSection, validate_row: RowValidator, split: str = "tra
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     specs = getattr(data, split)
-    return mix(specs, validate_row, seed=data.seed, on_bad_row=data.on_bad_row, shuffle=data.shuffle and split == "train")
+    return mix(specs, validate_row, seed=data.seed, on_bad_row=data.on_bad_row, shuffle=data.shuffle and split == "train",
+               adapt=adapt)

@@ -7,11 +7,15 @@ shards `DIR/train-00000-of-00002.parquet`, or a `save_to_disk` folder
 
 Then, in order:
 1. `columns` renames source columns to the names the format expects.
-2. Every row is checked by the caller's row validator (`posttrain.data.schemas`):
+2. The stage's row adapter, if any (`posttrain.data.released`), turns a released
+   schema into the stage's row shape (an Olmo 3 RL row's `prompt`, `dataset`
+   and `ground_truth` lists into `messages`, `verifier` and `ground_truth`); it
+   raises `RowProblem("field: problem")` for a row it cannot read.
+3. Every row is checked by the caller's row validator (`posttrain.data.schemas`):
    a bad row fails as `FILE:LINE: field: problem` (the 1-based line for JSON
    lines, `FILE:row N` otherwise), or with `on_bad_row="skip"` is dropped and
    counted in the returned `SourceReport`.
-3. `count` / `fraction` sample the valid rows with a seed derived from the data
+4. `count` / `fraction` sample the valid rows with a seed derived from the data
    seed and the source's name (`draw_key`: the file name, not where it sits),
    so a source draws the same rows whatever else is in the mixture and
    wherever the data was built or copied to. Above the source's size the rows
@@ -31,12 +35,17 @@ from typing import Callable, Optional
 from posttrain.config import DatasetSpec
 
 RowValidator = Callable[[dict], Optional[str]]
+RowAdapter = Callable[[dict], dict]
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}  # suffix -> datasets builder
 EXAMPLES_KEPT = 5  # skip reasons kept in a report, to show what was wrong without flooding the log
 
 
 class DataError(ValueError):
     """Unusable data; the message names the file (and row and field where there is one)."""
+
+
+class RowProblem(ValueError):
+    """Raised by a row adapter for a row it cannot read: the message is `field: problem`."""
 
 
 @dataclass
@@ -57,9 +66,10 @@ class SourceReport:
 
 
 def read_source(
-    spec: DatasetSpec, validate_row: RowValidator, *, seed: int = 0, on_bad_row: str | Callable[[str], str] = "error"
+    spec: DatasetSpec, validate_row: RowValidator, *, seed: int = 0, on_bad_row: str | Callable[[str], str] = "error",
+    adapt: Optional[RowAdapter] = None,
 ) -> tuple[list[dict], SourceReport]:
-    """Load, rename, validate and sample one source; see the module docstring.
+    """Load, rename, adapt, validate and sample one source; see the module docstring.
 
     `on_bad_row` may also map each problem to "error" or "skip" (a stage with
     two policies, such as DPO's malformed rows and bad pairs).
@@ -71,7 +81,11 @@ def read_source(
     report = SourceReport(source=label, read=len(rows))
     valid = []
     for index, row in enumerate(rows):
-        problem = validate_row(row)
+        try:
+            row = adapt(row) if adapt is not None else row
+            problem = validate_row(row)
+        except RowProblem as err:
+            problem = str(err)
         if problem is None:
             valid.append(row)
             continue
