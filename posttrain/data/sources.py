@@ -237,6 +237,53 @@ def _unreadable(files: list[Path], err: Exception) -> str:
     return f"{', '.join(map(str, files))}: cannot read: {type(cause).__name__}: {cause}"
 
 
+def source_identity(spec: DatasetSpec) -> dict:
+    """What pins a source's content, for caches and the manifest.
+
+    A local file (or every file of a directory split or shard pattern): its
+    name, size and modification time (content hashing would read every byte
+    of a multi-GB source on each run). A hub dataset: its name, config, split
+    and the commit its `revision` resolves to (`resolve_revision`).
+    """
+    if _is_local(spec.path):
+        path = Path(spec.path).expanduser()
+        if path.is_dir():
+            path = split_file(path, spec.split)
+        files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+        if files and files[0].is_dir():  # a save_to_disk folder
+            files = sorted(f for f in files[0].rglob("*") if f.is_file())
+        stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return {"path": str(path.resolve()), "split": spec.split, "files": stats}
+    return {"hub": spec.path, "name": spec.name, "split": spec.split, "revision": resolve_revision(spec)}
+
+
+def resolve_revision(spec: DatasetSpec) -> str:
+    """The commit a hub source's `revision` (default: the main branch) points at now.
+
+    Asked of the hub; offline (HF_HUB_OFFLINE=1 or no network) the commit the
+    local datasets cache holds, and failing that the revision as written,
+    marked `unresolved:` so a manifest shows that it was not pinned.
+    """
+    wanted = spec.revision or "main"
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(spec.path, revision=wanted).sha
+    except Exception:  # offline, unknown dataset or no permission: fall through to the local cache
+        pass
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_type == "dataset" and repo.repo_id == spec.path:
+                for revision in repo.revisions:
+                    if wanted in revision.refs or revision.commit_hash.startswith(wanted):
+                        return revision.commit_hash
+    except Exception:  # no cache directory yet
+        pass
+    return f"unresolved:{wanted}"
+
+
 def hub_label(spec: DatasetSpec) -> str:
     """A hub source as messages name it: `NAME/CONFIG[SPLIT]`."""
     return f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
@@ -248,7 +295,7 @@ def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
 
     label = hub_label(spec)
     try:
-        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
+        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
     except Exception as err:
         raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: {type(err).__name__}: {err}") from None
     return label, dataset.to_list(), lambda i: f"{label}:row {i + 1}"
