@@ -1,4 +1,4 @@
-"""The chat format every stage uses: Olmo-3-style ChatML, Think and Instruct.
+"""The chat format every stage uses: Olmo-3-style ChatML, Think and Instruct, with tool turns.
 
 A conversation is a list of messages `{"role": ..., "content": ...}` rendered as
 
@@ -10,16 +10,41 @@ start of the assistant content, `<think>reasoning</think>answer`; an assistant
 message may instead give the reasoning in a `reasoning_content` field, which is
 rendered as that same think block. Instruct data has no think block.
 
-Loss goes on assistant tokens only: the assistant content and its closing
+Tool use follows the released Olmo 3 Instruct SFT data (Dolci-Instruct-SFT)
+and its chat template. Messages may carry two text fields, each a string or
+None (Arrow-backed files fill absent fields with None):
+
+- `functions` (tool specs, JSON text) on a system or user turn, appended to its
+  content: system `CONTENT <functions>SPECS</functions>`, user
+  `CONTENT\\n<functions>SPECS</functions>`;
+- `function_calls` on an assistant turn, after its content:
+  `CONTENT<function_calls>CALLS</function_calls><|im_end|>`; the content may
+  be None or empty when the turn only calls functions.
+
+Tool output comes back as a turn with role `environment` (rendered like any
+other turn). A non-None `functions` on another role, or `function_calls` on a
+non-assistant turn, is an error rather than silently dropped text.
+
+Where this departs from the released Olmo 3 Instruct template, on purpose: it
+injects no default system prompt and no "You do not currently have access to
+any functions." sentence when no functions are given, and every assistant turn,
+the last one included, ends `<|im_end|>\\n` (the released template ends the last
+one with eos). So a conversation without tool fields (the Think data, the tiny
+chain) renders exactly as plain ChatML, unchanged.
+
+Loss goes on assistant tokens only: the assistant content (think block
+included), its `<function_calls>...</function_calls>` block and its closing
 `<|im_end|>` (so the model learns to stop), in every assistant turn of a
 multi-turn conversation. The role header `<|im_start|>assistant\\n` and the
-newline after `<|im_end|>` are prompt, not target.
+newline after `<|im_end|>` are prompt, not target; environment, tool, system and
+user turns carry no loss.
 
 `CHAT_TEMPLATE` is the same format in Jinja, saved with the tokenizer so that
 `transformers.apply_chat_template` and vLLM render exactly what `render` does;
 its `{% generation %}` block marks the same assistant span, so transformers'
 `return_assistant_tokens_mask=True` and TRL's `assistant_only_loss` agree with
-`tokenize_conversation` (tests/data/test_chat.py checks both).
+`tokenize_conversation` (tests/data/test_chat.py and tests/data/test_tool_chat.py
+check both).
 """
 
 from __future__ import annotations
@@ -35,6 +60,11 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 IGNORE_INDEX = -100  # label value that cross-entropy skips (PyTorch/transformers convention)
 
+FUNCTIONS_OPEN, FUNCTIONS_CLOSE = "<functions>", "</functions>"
+FUNCTION_CALLS_OPEN, FUNCTION_CALLS_CLOSE = "<function_calls>", "</function_calls>"
+# what goes between a turn's content and its `<functions>` block (as in Olmo 3's released Instruct template)
+FUNCTIONS_SEPARATOR = {"system": " ", "user": "\n"}
+
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
@@ -43,11 +73,21 @@ CHAT_TEMPLATE = (
     "{%- if message['reasoning_content'] is defined and message['reasoning_content'] -%}"
     "{{- '<think>' + message['reasoning_content'] + '</think>' -}}"
     "{%- endif -%}"
-    "{{- message['content'] + '<|im_end|>' -}}"
+    "{%- if message['content'] is defined and message['content'] is not none -%}"
+    "{{- message['content'] -}}"
+    "{%- endif -%}"
+    "{%- if message['function_calls'] is defined and message['function_calls'] is not none -%}"
+    "{{- '<function_calls>' + message['function_calls'] + '</function_calls>' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>' -}}"
     "{%- endgeneration -%}"
     "{{- '\\n' -}}"
     "{%- else -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] -}}"
+    "{%- if message['functions'] is defined and message['functions'] is not none -%}"
+    "{{- (' ' if message['role'] == 'system' else '\\n') + '<functions>' + message['functions'] + '</functions>' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
@@ -62,26 +102,49 @@ class ChatFormatError(ValueError):
     """A conversation that cannot be rendered; the message names the turn and field."""
 
 
+def _optional_text(message: Message, key: str, where: str) -> str | None:
+    value = message.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ChatFormatError(f"{where}.{key}: expected a string or None, got {type(value).__name__}")
+    return value
+
+
 def _check(messages: Sequence[Message]) -> None:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ChatFormatError(f"messages: expected a non-empty list of messages, got {type(messages).__name__}")
     for i, message in enumerate(messages):
+        where = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise ChatFormatError(f"messages[{i}]: expected a mapping, got {type(message).__name__}")
+            raise ChatFormatError(f"{where}: expected a mapping, got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
-            raise ChatFormatError(f"messages[{i}].role: expected a non-empty string, got {role!r}")
-        if not isinstance(content, str):
-            raise ChatFormatError(f"messages[{i}].content: expected a string, got {type(content).__name__}")
-        reasoning = message.get("reasoning_content")
-        if reasoning is not None and not isinstance(reasoning, str):
-            raise ChatFormatError(f"messages[{i}].reasoning_content: expected a string, got {type(reasoning).__name__}")
+            raise ChatFormatError(f"{where}.role: expected a non-empty string, got {role!r}")
+        _optional_text(message, "reasoning_content", where)
+        functions = _optional_text(message, "functions", where)
+        calls = _optional_text(message, "function_calls", where)
+        if functions is not None and role not in FUNCTIONS_SEPARATOR:
+            raise ChatFormatError(f"{where}.functions: only system and user turns carry functions, not {role!r}")
+        if calls is not None and role != "assistant":
+            raise ChatFormatError(f"{where}.function_calls: only assistant turns carry function calls, not {role!r}")
+        if not isinstance(content, str) and not (content is None and calls is not None):
+            raise ChatFormatError(f"{where}.content: expected a string, got {type(content).__name__}")
 
 
 def assistant_text(message: Message) -> str:
-    """The assistant content as rendered: the think block from `reasoning_content`, if any, then the content."""
-    reasoning = message.get("reasoning_content")
-    return think_content(reasoning, message["content"]) if reasoning else message["content"]
+    """The assistant turn as rendered, before its `<|im_end|>`: the think block from `reasoning_content`, if any,
+    the content (None reads as empty), then the `<function_calls>` block, if any."""
+    reasoning, calls = message.get("reasoning_content"), message.get("function_calls")
+    content = message.get("content") or ""
+    text = think_content(reasoning, content) if reasoning else content
+    return text if calls is None else f"{text}{FUNCTION_CALLS_OPEN}{calls}{FUNCTION_CALLS_CLOSE}"
+
+
+def _turn_text(message: Message) -> str:
+    """A non-assistant turn's text: its content, then its `<functions>` block, if any."""
+    functions = message.get("functions")
+    if functions is None:
+        return message["content"]
+    return f"{message['content']}{FUNCTIONS_SEPARATOR[message['role']]}{FUNCTIONS_OPEN}{functions}{FUNCTIONS_CLOSE}"
 
 
 def render_with_spans(
@@ -89,7 +152,8 @@ def render_with_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages`; also return the [start, end) character spans that carry loss.
 
-    Each span covers one assistant turn's content and its `<|im_end|>`.
+    Each span covers one assistant turn's content (think block included), its `<function_calls>` block
+    and its `<|im_end|>`.
     """
     _check(messages)
     parts: list[str] = []
@@ -102,7 +166,7 @@ def render_with_spans(
             spans.append((length + len(header), length + len(header) + len(target)))
             piece = header + target + tail
         else:
-            piece = f"{IM_START}{role}\n{message['content']}{IM_END}\n"
+            piece = f"{IM_START}{role}\n{_turn_text(message)}{IM_END}\n"
         parts.append(piece)
         length += len(piece)
     if add_generation_prompt:

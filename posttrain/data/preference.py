@@ -105,7 +105,9 @@ def pair_problem(row: dict) -> Optional[str]:
 
 
 def _prompt_turns(messages: list[dict]) -> list[tuple]:
-    return [(m["role"], m["content"], m.get("reasoning_content") or None) for m in messages[:-1]]
+    """What the prompt turns render from: role, content, reasoning, tool specs and tool calls."""
+    return [(m["role"], m.get("content") or "", m.get("reasoning_content") or None, m.get("functions"),
+             m.get("function_calls")) for m in messages[:-1]]
 
 
 def read_pairs(data: DataSection, dpo: DPOSection, split: str = "train") -> tuple[list[dict], PairReport]:

@@ -8,7 +8,12 @@ file and row number, so a bad row fails as `FILE:ROW: field: problem`.
 The formats are the conversational ones of the ecosystem (TRL, open-instruct):
 
 - SFT:  `{"messages": [{"role": ..., "content": ...}, ...]}` with at least one
-  assistant turn.
+  assistant turn. Roles: system, user, assistant, environment (tool output, as
+  in Olmo 3's Dolci-Instruct-SFT data) and tool. Tool use, as Dolci-Instruct
+  rows carry it: `functions` (tool specs, JSON text) on a system or user turn,
+  `function_calls` on an assistant turn, each a string or None; an assistant
+  turn with function calls may have empty, None or no content
+  (`posttrain.data.chat` renders them).
 - DPO:  `{"chosen": [...], "rejected": [...]}`: two full conversations that
   share their prompt turns and differ in the final assistant turn
   (`dpo_row` checks the structure, `dpo_pair` the sharing and differing).
@@ -30,7 +35,9 @@ from rewards.core import spec_parts
 
 RowValidator = Callable[[dict], Optional[str]]
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "environment", "tool")
+# optional text fields of a message: a string, or None when absent (Arrow fills absent fields with None)
+TEXT_FIELDS = ("functions", "function_calls")
 
 
 def _conversation_problem(messages: Any, field: str) -> Optional[str]:
@@ -50,8 +57,17 @@ def _conversation_problem(messages: Any, field: str) -> Optional[str]:
             return f"{where}.role: missing"
         if role not in ROLES:
             return f"{where}.role: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+        for key in TEXT_FIELDS:
+            value = message.get(key)
+            if value is not None and not isinstance(value, str):
+                return f"{where}.{key}: expected text, got {type(value).__name__}"
+        if message.get("functions") is not None and role not in ("system", "user"):
+            return f"{where}.functions: only system and user turns carry functions, not {role!r}"
+        calls = message.get("function_calls")
+        if calls is not None and role != "assistant":
+            return f"{where}.function_calls: only assistant turns carry function calls, not {role!r}"
         content = message.get("content")
-        if not isinstance(content, str):
+        if not isinstance(content, str) and not (content is None and calls is not None):
             got = "missing" if content is None else f"expected text, got {type(content).__name__}"
             return f"{where}.content: {got}"
     return None

@@ -43,10 +43,11 @@ from posttrain.data.step_plan import StepPlan
 
 
 def nonempty_content(row: dict) -> str | None:
-    """Every message says something (an assistant turn may carry only its reasoning)."""
+    """Every message says something (an assistant turn may carry only its reasoning or only its function calls)."""
     for i, message in enumerate(row["messages"]):
         content = message.get("content") or ""
-        if not content.strip() and not (message.get("role") == "assistant" and message.get("reasoning_content")):
+        said = message.get("reasoning_content") or message.get("function_calls") is not None
+        if not content.strip() and not (message.get("role") == "assistant" and said):
             return f"messages[{i}].content: empty"
     return None
 
