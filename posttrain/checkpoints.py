@@ -247,17 +247,24 @@ def build_manifest(
     }
 
 
-def source_fingerprint(path: str | Path) -> str:
-    """A content fingerprint of one dataset source: sha256 of a local file or directory, else its name.
+def source_fingerprint(path: str | Path, spec: dict | None = None) -> str:
+    """A content fingerprint of one dataset source: sha256 of a local file or directory, else its hub commit.
 
-    A hub dataset cannot be read here, so its fingerprint is its name (`name:...`): a
-    change upstream goes unnoticed unless the recipe pins it differently.
+    A hub dataset is fingerprinted by the commit its `revision` (default: main)
+    resolves to now, `name@COMMIT`, so a dataset updated on the hub changes the
+    fingerprint (and a chain reruns the stage); offline, by the commit the local
+    cache holds, else `name@unresolved:REVISION`. `spec`: the recipe's source
+    entry (its `name`, `split`, `revision`).
     """
     path = Path(path)
     if path.is_dir():
         return directory_hash(path)
     if not path.is_file():
-        return "name:" + str(path)
+        from posttrain.config import DatasetSpec
+        from posttrain.data.sources import resolve_revision
+
+        fields = {k: v for k, v in (spec or {}).items() if k in ("name", "split", "revision") and v is not None}
+        return f"{path}@{resolve_revision(DatasetSpec(path=str(path), **fields))}"
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -269,7 +276,7 @@ def data_source_fingerprints(config: dict) -> dict[str, str]:
     """{source path: fingerprint} for every training and held-out source a resolved recipe names."""
     data = config.get("data") or {}
     specs = [*(data.get("train") or []), *(data.get("heldout") or [])]
-    return {spec["path"]: source_fingerprint(spec["path"]) for spec in specs if spec.get("path")}
+    return {spec["path"]: source_fingerprint(spec["path"], spec) for spec in specs if spec.get("path")}
 
 
 def is_complete_export(path: str | Path) -> bool:

@@ -27,6 +27,7 @@ for _name, _module in {
     "demo": "posttrain.commands.demo",
     "plan": "posttrain.commands.plan",
     "report": "posttrain.commands.report",
+    "data": "posttrain.commands.data",
 }.items():
     COMMANDS.register(_name, _module)
 

@@ -15,13 +15,14 @@ keywords such as "C++").
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections import Counter
 from typing import Any, Callable
 
 from rewards.registry import Registry
-from rewards.core import Result, as_json, register
+from rewards.core import Result, register
 from rewards import ifeval_text as tx
 
 Check = Callable[..., bool]
@@ -249,6 +250,30 @@ def follows(instruction_id: str, text: str, kwargs: dict | None) -> bool:
         raise ValueError(f"{instruction_id}: bad kwargs {sorted(args)}: {err}") from None
 
 
+def constraint_label(label: Any) -> dict:
+    """An IFEval label as `{"instruction_id_list": [...], "kwargs": [...]}`.
+
+    Also read as released: open-instruct's key `instruction_id`, a one-element
+    list around the mapping, and Python-literal text (`ast.literal_eval`, which
+    evaluates literals only) where the text is not JSON.
+    """
+    if isinstance(label, str):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError:
+            try:
+                label = ast.literal_eval(label)
+            except (ValueError, SyntaxError) as err:
+                raise ValueError(f"label is text but neither JSON nor a Python literal: {err}") from None
+    if isinstance(label, (list, tuple)) and len(label) == 1:
+        label = label[0]
+    if isinstance(label, dict) and "instruction_id_list" not in label and "instruction_id" in label:
+        label = {**label, "instruction_id_list": label["instruction_id"]}
+    if not isinstance(label, dict) or "instruction_id_list" not in label:
+        raise ValueError("label must be {'instruction_id_list': [...], 'kwargs': [...]} (or open-instruct's 'instruction_id')")
+    return label
+
+
 @register("ifeval")
 def ifeval(prediction: str, label: Any, **context: Any) -> Result:
     """Fraction of the label's IFEval instructions that the answer follows.
@@ -263,9 +288,7 @@ def ifeval(prediction: str, label: Any, **context: Any) -> Result:
     >>> rewards.score("ifeval", "<<Ode>> red, blue", label)
     0.5
     """
-    label = as_json(label)
-    if not isinstance(label, dict) or "instruction_id_list" not in label:
-        raise ValueError("label must be {'instruction_id_list': [...], 'kwargs': [...]}")
+    label = constraint_label(label)
     ids = label["instruction_id_list"]
     kwargs = label.get("kwargs") or [{}] * len(ids)
     if not ids or len(kwargs) != len(ids):

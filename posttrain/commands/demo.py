@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     began = time.time()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo is all local: no worker may wait on the hub
     tiny_dir, run_dir = Path(args.tiny), Path(args.run_dir)
     print(introduction(tiny_dir, run_dir), flush=True)
     tiny = importlib.import_module("posttrain.tiny")  # heavy (torch): only when the demo runs

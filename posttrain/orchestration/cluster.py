@@ -5,12 +5,18 @@
   sized to this machine. Workers get a `runtime_env` carrying the environment
   variables they need (`WORKER_ENV_VARS` and `WORKER_ENV_PREFIXES`, copied
   from the driver when set), so a Hugging Face offline flag or a vLLM setting
-  reaches every actor on every node.
+  reaches every actor on every node. Workers are not forced offline: the
+  user's environment decides, as it does for the driver.
 - `require_resources(bundles, what)`: compares what a role needs (one bundle
   per actor, e.g. `{"CPU": 1, "GPU": 1}`) with `ray.cluster_resources()` and,
   when it cannot fit, raises `ClusterResourceError` naming the resource, how
   much is needed and how much the cluster has, instead of letting a placement
   group wait forever.
+- `role_bundles(config)` / `check_resources(config)`: what a stage's recipe
+  places (learner ranks; for RLVR also engines, reward workers and a
+  reference policy) against the running cluster. Every stage checks this on
+  entry, before it loads or tokenises any data, so a recipe that cannot be
+  placed fails in seconds, not after an hour of tokenising.
 - `reserve(bundles, what)`: the check above, then a placement group, waited on
   with a timeout (the error names the bundles that could not be placed).
 
@@ -42,7 +48,6 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment variables for Ray workers: the driver's values of the listed names and prefixes, plus `extra`."""
     env = {name: os.environ[name] for name in WORKER_ENV_VARS if name in os.environ}
     env.update({k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)})
-    env.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra or {})
     return env
@@ -137,3 +142,41 @@ def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
     if gpus:
         out["GPU"] = float(gpus)
     return out
+
+
+def role_bundles(config) -> dict[str, list[dict[str, float]]]:
+    """{role: one resource bundle per actor} of a stage's recipe (roles without a reservation are left out).
+
+    Learner ranks for every stage; RLVR recipes (those with `rollout`) add the
+    engines, the reward workers and, with a KL term, the reference policy.
+    """
+    dist = config.distributed
+    gpu = 1.0 if dist.use_gpu else 0.0
+    roles = {"learner": [bundle(dist.cpus_per_worker, gpu) for _ in range(dist.num_workers)]}
+    rollout = getattr(config, "rollout", None)
+    if rollout is not None:
+        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
+                           for _ in range(rollout.num_engines)]
+        if config.verifiers.cpus_per_worker > 0:
+            roles["reward"] = [bundle(config.verifiers.cpus_per_worker) for _ in range(config.verifiers.num_workers)]
+        if config.grpo.kl_coef > 0:
+            roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
+    return roles
+
+
+def check_resources(config) -> None:
+    """Raise `ClusterResourceError` when the running cluster cannot hold every role of the recipe at once."""
+    import ray
+
+    roles = role_bundles(config)
+    every = [b for bundles in roles.values() for b in bundles]
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    problems = missing_resources(every, ray.cluster_resources(), nodes)
+    if problems:
+        needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
+        knobs = "distributed.num_workers, rollout.num_engines, verifiers.num_workers or their cpus_per_* / GPUs" \
+            if "engine" in roles else "distributed.num_workers, distributed.cpus_per_worker or distributed.use_gpu"
+        raise ClusterResourceError(
+            f"{config.stage.upper()} needs {needs}; it does not fit: {'; '.join(problems)}. Lower {knobs}, "
+            "or join a bigger cluster (distributed.ray_address or RAY_ADDRESS)."
+        )

@@ -9,11 +9,12 @@ Placement, from the recipe (one bundle per actor):
 | reward | `verifiers.num_workers` | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
 | reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
 
-`check_resources` compares the sum with the cluster before any actor starts
-and raises `ClusterResourceError` naming every role's need and the missing
-resource. Each role then gets its own placement group (PACK: a role's
-actors share nodes when they can, and spill over to others when not), so on
-a cluster the roles may sit on different nodes.
+`check_resources` (posttrain/orchestration/cluster.py; every stage runs it on
+entry, before it reads data) compares the sum with the cluster and raises
+`ClusterResourceError` naming every role's need and the missing resource.
+Each role then gets its own placement group (PACK: a role's actors share
+nodes when they can, and spill over to others when not), so on a cluster
+the roles may sit on different nodes.
 
 `EnginePool` and `RewardPool` own their actors: they restart a dead one in
 its bundle (`restart`), and an engine restarted mid-run is sent the latest
@@ -29,38 +30,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
-from posttrain.orchestration.cluster import ClusterResourceError, bundle, missing_resources, reserve, worker_env
-
-
-def role_bundles(config: RLVRConfig) -> dict[str, list[dict[str, float]]]:
-    """{role: one resource bundle per actor} (roles without a reservation are left out)."""
-    dist, rollout, verifiers = config.distributed, config.rollout, config.verifiers
-    gpu = 1.0 if dist.use_gpu else 0.0
-    roles = {
-        "learner": [bundle(dist.cpus_per_worker, gpu) for _ in range(dist.num_workers)],
-        "engine": [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
-                   for _ in range(rollout.num_engines)],
-    }
-    if verifiers.cpus_per_worker > 0:
-        roles["reward"] = [bundle(verifiers.cpus_per_worker) for _ in range(verifiers.num_workers)]
-    if config.grpo.kl_coef > 0:
-        roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
-    return roles
-
-
-def check_resources(config: RLVRConfig) -> None:
-    """Raise `ClusterResourceError` when the running cluster cannot hold every role at once."""
-    roles = role_bundles(config)
-    every = [b for bundles in roles.values() for b in bundles]
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    problems = missing_resources(every, ray.cluster_resources(), nodes)
-    if problems:
-        needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
-        raise ClusterResourceError(
-            f"RLVR needs {needs}; it does not fit: {'; '.join(problems)}. Lower distributed.num_workers, "
-            "rollout.num_engines, verifiers.num_workers or their cpus_per_* / GPUs, or join a bigger cluster "
-            "(distributed.ray_address or RAY_ADDRESS)."
-        )
+from posttrain.orchestration.cluster import bundle, check_resources, reserve, role_bundles, worker_env  # noqa: F401 (re-exported)
 
 
 def _in_bundle(group, index: int) -> PlacementGroupSchedulingStrategy:

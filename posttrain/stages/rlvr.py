@@ -65,7 +65,7 @@ from posttrain.eval.heldout import summarize
 from posttrain.metrics import PhaseTimers, TrainingClock
 from posttrain.orchestration.policy_update import fill_logprobs, sync_weights, update_policy
 from posttrain.orchestration.rollout_queue import RolloutQueue
-from posttrain.orchestration.topology import EnginePool, RewardPool, check_resources, placement, spawn_reference
+from posttrain.orchestration.topology import EnginePool, RewardPool, placement, spawn_reference
 from posttrain.stages import rlvr_metrics as M
 from posttrain.stages.scaffold import StageRun
 
@@ -83,8 +83,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
               f"{grpo.steps} steps of {grpo.prompts_per_step} x {grpo.samples_per_prompt}, "
               f"{grpo.minibatches} update(s) each, up to {grpo.max_async_steps} step(s) ahead")
 
-        # ---- Ray: learner ranks, rollout engines, reward workers (and a reference policy with a KL term)
-        check_resources(config)
+        # ---- Ray: learner ranks, rollout engines, reward workers (and a reference policy with a KL term);
+        # StageRun checked on entry that the cluster holds them all
         world = config.distributed.num_workers
         learners = run.start_learners(total_steps=grpo.steps * grpo.minibatches, accumulation=math.ceil(
             config.batch.sequences / (config.batch.micro_batch_size * world)))

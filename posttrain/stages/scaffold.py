@@ -11,7 +11,9 @@
 On entry: the run directory (a fresh start removes old resumable
 checkpoints; `--resume` picks the latest one), the resolved recipe in
 RUN/config.yaml, the tokenizer and its pad id, Ray (started here unless it
-is already up: a chain starts it once), and the stop signals. On every exit,
+is already up: a chain starts it once), the check that the cluster can hold
+every actor the recipe places (before the driver reads any data), and the
+stop signals. On every exit,
 normal or not: the progress bar and the metrics logger close, every part
 handed to `own` (learners, engines, reward workers) shuts down, newest
 first, Ray too if this run started it, and the signal handlers are restored.
@@ -41,7 +43,7 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import init_ray
+from posttrain.orchestration.cluster import check_resources, init_ray
 from posttrain.orchestration.learner_group import LearnerGroup
 
 INTERRUPTED_STATUS = 130
@@ -112,6 +114,7 @@ class StageRun:
             self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
             self.owns_ray = not ray.is_initialized()
             init_ray(self.config.distributed.ray_address)
+            check_resources(self.config)  # fail in seconds, before data are loaded or tokenised
             self.signals.install()  # after Ray's own SIGTERM handler (ray.init installs one), which it replaces
         except BaseException:
             self.__exit__(None, None, None)

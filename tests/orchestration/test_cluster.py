@@ -29,3 +29,10 @@ def test_worker_env_carries_offline_flags_and_prefixed_settings(monkeypatch):
     env = worker_env({"EXTRA": "y"})
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["HF_HUB_OFFLINE"] == "1" and env["EXTRA"] == "y"
     assert "UNRELATED_SECRET" not in env
+
+
+def test_worker_env_leaves_the_hub_online_unless_the_driver_says_otherwise(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert "HF_HUB_OFFLINE" not in worker_env()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert worker_env()["HF_HUB_OFFLINE"] == "0"
