@@ -132,10 +132,10 @@ def test_manifests_fingerprint_every_data_source_by_content(tmp_path):
     train.write_text('{"a": 1}\n')
     heldout.mkdir()
     (heldout / "part.jsonl").write_text('{"b": 2}\n')
-    config = {"data": {"train": [{"path": str(train)}, {"path": "allenai/some-hub-set"}],
+    config = {"data": {"train": [{"path": str(train)}, {"path": "allenai/some-hub-set", "revision": "v1.2"}],
                        "heldout": [{"path": str(heldout)}]}}
-    first = C.data_source_fingerprints(config)
-    assert first == {str(train): C.source_fingerprint(train), "allenai/some-hub-set": "name:allenai/some-hub-set",
+    first = C.data_source_fingerprints(config)  # offline (tests/conftest.py): the hub commit cannot be resolved
+    assert first == {str(train): C.source_fingerprint(train), "allenai/some-hub-set": "allenai/some-hub-set@unresolved:v1.2",
                      str(heldout): C.directory_hash(heldout)}
     manifest = C.build_manifest(stage="sft", config=config, config_hash="x", parent=None)
     assert manifest["data_sources"] == first
