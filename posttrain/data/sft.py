@@ -1,9 +1,13 @@
 """SFT data path: rows -> tokenized examples -> packed (or padded) rows -> per-step micro-batches.
 
-1. Rows come from the recipe's mixture (`posttrain.data.mixing.mix_section`),
-   checked by `posttrain.data.schemas.sft_row` plus `nonempty_content`: no
-   assistant turn, an unknown role or empty content is an error naming the
-   file, row and field, or (with `data.on_bad_row: skip`) a counted skip.
+1. Rows come from the recipe's sources, each tokenised once into a token
+   cache (`posttrain.data.token_cache`: flat int32 tokens and a loss mask on
+   disk, memory-mapped by every later run and `--resume`) and mixed as index
+   arrays (`posttrain.data.token_mixture`, the semantics of
+   `posttrain.data.mixing.mix_section`). Rows are checked by
+   `posttrain.data.schemas.sft_row` plus `nonempty_content`: no assistant
+   turn, an unknown role or empty content is an error naming the file, row
+   and field, or (with `data.on_bad_row: skip`) a counted skip.
 2. Each conversation is rendered with the chat template and tokenized with
    labels on assistant tokens only (`posttrain.data.chat.tokenize_conversation`;
    every assistant turn of a multi-turn conversation, think block included).
@@ -15,8 +19,12 @@
 4. `sft.packing: true` packs examples into rows of at most max_length tokens
    (best-fit decreasing; positions restart per document so no attention
    crosses documents, `posttrain.data.packing`); false: one example per row.
+   A row's tokens are read from the cache only when a step collates it.
 5. `StepPlan` (`posttrain.data.step_plan`) fixes, for every optimizer step,
    which rows it trains on; `step_batches` collates them.
+
+The per-row path (`load_split_per_row`, `tokenize_row`, `prepare_examples`:
+Python lists, no cache) stays as the reference the cache is tested against.
 
 Batch size: `batch.sequences` rows per step, or `batch.tokens` / max_length
 rows (a packed row holds up to max_length tokens, so this is the token
@@ -29,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -39,7 +47,10 @@ from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, render_with_spans, toke
 from posttrain.data.mixing import Mixture, mix_section
 from posttrain.data.packing import PackedSequence, collate_packed, collate_padded, pack_examples
 from posttrain.data.schemas import all_of, sft_row
+from posttrain.data.sources import RowAdapter
 from posttrain.data.step_plan import StepPlan
+from posttrain.data.token_cache import Transform
+from posttrain.data.token_mixture import Examples, mix_cached, pack_rows
 
 
 def nonempty_content(row: dict) -> str | None:
@@ -103,7 +114,7 @@ def tokenize_row(tokenizer, messages, train_on_think: bool) -> dict[str, list[in
 
 
 def prepare_examples(mixture: Mixture, tokenizer, config: SFTConfig, report: DataReport) -> list[dict]:
-    """Tokenize the mixture's rows, apply the overlong policy, count what was dropped (see module docstring)."""
+    """The per-row path (see `load_split_per_row`): tokenize the mixture's rows, apply the overlong policy, count what was dropped (see module docstring)."""
     max_length, policy = config.data.max_length, config.data.overlong
     examples = []
     for row in mixture.rows:
@@ -135,16 +146,44 @@ def fingerprint(examples: Sequence[dict]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_split(config: SFTConfig, tokenizer, split: str) -> tuple[list[dict], DataReport]:
-    """Tokenized examples of the recipe's "train" or "heldout" mixture, with their report."""
+def load_split(config: SFTConfig, tokenizer, split: str, adapt: Optional[RowAdapter] = None) -> tuple[Examples, DataReport]:
+    """Examples of the recipe's "train" or "heldout" mixture, read from the token cache, with their report.
+
+    Each source is tokenised once into `posttrain.data.token_cache`'s store
+    (later runs and `--resume` memory-map it); the mixture is index arrays
+    into the stores (`posttrain.data.token_mixture`), and an example's tokens
+    are read only when a step collates it.
+    """
+    transform = Transform(tokenizer=tokenizer, validate_row=SFT_ROW, max_length=config.data.max_length,
+                          overlong=config.data.overlong, train_on_think=config.sft.train_on_think, adapt=adapt)
+    mixture = mix_cached(config.data, transform, split)
+    examples = mixture.examples()
+    lengths, targets = examples.lengths, examples.targets
+    report = DataReport(rows=len(mixture), skipped_bad_rows=sum(s.skipped for s in mixture.sources),
+                        bad_row_examples=[e for s in mixture.sources for e in s.examples][:5],
+                        examples=len(examples), tokens=int(lengths.sum()), target_tokens=int(targets.sum()),
+                        sources=mixture.counts(), fingerprint=mixture.fingerprint(), **mixture.outcome())
+    return examples, report
+
+
+def load_split_per_row(config: SFTConfig, tokenizer, split: str) -> tuple[list[dict], DataReport]:
+    """The per-row path (Python dicts, one tokenizer call per row, no cache): the reference that
+    tests/data/test_token_cache.py and bench/data_pipeline.py hold the token cache against."""
     mixture = mix_section(config.data, SFT_ROW, split)
     report = DataReport(rows=len(mixture), skipped_bad_rows=mixture.skipped, sources=mixture.counts(),
                         bad_row_examples=[e for s in mixture.sources for e in s.examples][:5])
     return prepare_examples(mixture, tokenizer, config, report), report
 
 
-def to_rows(examples: list[dict], max_length: int, packing: bool) -> list:
-    """Training rows: PackedSequences (several documents each) or the examples themselves."""
+def to_rows(examples: Sequence, max_length: int, packing: bool) -> Sequence:
+    """Training rows: packed (several documents each) or the examples themselves.
+
+    Over cached `Examples` the rows are index lists whose PackedSequence is
+    built when a step reads it (`token_mixture.pack_rows`); over a list of
+    example dicts, `pack_examples` builds them all now.
+    """
+    if isinstance(examples, Examples):
+        return pack_rows(examples, max_length) if packing else examples
     return pack_examples(examples, max_length) if packing else list(examples)
 
 

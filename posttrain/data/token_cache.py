@@ -1,0 +1,410 @@
+"""Tokenised SFT sources on disk: each source tokenised once, memory-mapped by every later run and `--resume`.
+
+One store per source (a recipe's `DatasetSpec`) under `CACHE/<key>/`, where
+CACHE is `data.cache_dir`, else $POSTTRAIN_CACHE, else ~/.cache/posttrain/tokens:
+
+    tokens.bin    int32, every kept example's token ids back to back
+    mask.bin      uint8, 1 where the token carries loss (labels = ids there, -100 elsewhere)
+    offsets.npy   int64 (rows + 1,), example i is tokens[offsets[i]:offsets[i + 1]] (empty if not kept)
+    status.npy    int8 per source row: KEPT, BAD (malformed), OVERLONG (dropped), NO_TARGET (dropped)
+    truncated.npy uint8 per source row: cut to max_length (data.overlong: truncate)
+    targets.npy   int32 per source row: loss tokens after position 0 (position 0 is never predicted)
+    report.json   the source's label, row count, key inputs and its bad rows as `FILE:LINE: field: problem`
+
+Row indices are the source's own rows in file order (bad and dropped rows
+included), so sampling (`posttrain.data.token_mixture`) picks from the same
+valid rows as `posttrain.data.sources.read_source`.
+
+The key hashes everything the arrays depend on: the tokenizer's serialised
+content (not its path), its chat template, the renderer's source
+(posttrain/data/chat.py), `source_identity` (local files by name, size and
+mtime; hub datasets by resolved revision), columns, max_length, overlong,
+train_on_think, the validator and adapter by name, a streamed source's count,
+and `TRANSFORM_VERSION` (bump it when the transform below changes).
+
+Building: `datasets.Dataset.map(batched=True, num_proc=P)` over the Arrow
+table (never a Python list of the whole source). Per batch: rename columns,
+adapt, validate, render (`render_with_spans`), ONE fast-tokenizer call with
+offsets for the whole batch, assistant and think masks from the character
+spans with numpy (`searchsorted`, no per-token Python loop), then the overlong
+policy. The result is tokenize_row's, token for token
+(tests/data/test_token_cache.py). A store is built in `CACHE/.tmp-<key>-*`
+and renamed into place when complete: a killed build leaves only a temporary
+directory, which no run reads. A streamed source (`streaming: true`) is read
+as an `IterableDataset`, its first `count` rows, in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from posttrain.config import DataSection, DatasetSpec
+from posttrain.data import chat
+from posttrain.data.batches import IGNORE_INDEX
+from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, ChatFormatError, render_with_spans
+from posttrain.data.sources import (EXAMPLES_KEPT, FORMATS, DataError, RowAdapter, RowProblem, RowValidator,
+                                    _json_lines, _looks_local, _unreadable, hub_label, source_identity, split_file)
+
+TRANSFORM_VERSION = 1  # bump when encode_batch's output changes for the same inputs
+KEPT, BAD, OVERLONG, NO_TARGET = 0, 1, 2, 3  # status of a source row
+BATCH_ROWS = 1000  # rows per tokenizer call (and per map batch)
+MIN_ROWS_PER_PROCESS = 2000  # a small source is not worth starting processes for
+MAX_PROCESSES = 16
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What turns one source row into a training example (what the key hashes besides the source)."""
+
+    tokenizer: Any
+    validate_row: RowValidator
+    max_length: int
+    overlong: str  # "drop" or "truncate"
+    train_on_think: bool
+    adapt: Optional[RowAdapter] = None
+
+    def identity(self) -> dict:
+        return {"version": TRANSFORM_VERSION, "tokenizer": tokenizer_digest(self.tokenizer),
+                "chat_template": self.tokenizer.chat_template, "renderer": _file_digest(chat.__file__),
+                "validator": _name(self.validate_row), "adapter": _name(self.adapt) if self.adapt else None,
+                "max_length": self.max_length, "overlong": self.overlong, "train_on_think": self.train_on_think}
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of the tokenizer's content: tokenizer.json for a fast tokenizer, else class and vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = type(tokenizer).__name__ + json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _name(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def cache_root(data: DataSection) -> Path:
+    """`data.cache_dir`, else $POSTTRAIN_CACHE, else ~/.cache/posttrain/tokens."""
+    return Path(data.cache_dir or os.environ.get("POSTTRAIN_CACHE") or "~/.cache/posttrain/tokens").expanduser()
+
+
+def cache_key(spec: DatasetSpec, transform: Transform) -> str:
+    """24 hex digits of sha256 over the source's identity, its columns and the transform (module docstring)."""
+    parts = {"source": source_identity(spec), "columns": spec.columns, "transform": transform.identity(),
+             "streamed_count": spec.count if spec.streaming else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class TokenStore:
+    """One source's cached examples, memory-mapped (see the module docstring for the files)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.report = json.loads((directory / "report.json").read_text())
+        self.key, self.label, self.rows = self.report["key"], self.report["label"], self.report["rows"]
+        self.offsets = np.load(directory / "offsets.npy", mmap_mode="r")
+        self.status = np.load(directory / "status.npy")
+        self.truncated = np.load(directory / "truncated.npy")
+        self.targets = np.load(directory / "targets.npy")
+        self.lengths = np.diff(self.offsets).astype(np.int64)  # 0 where the row was not kept
+        self.tokens = _memmap(directory / "tokens.bin", np.int32)
+        self.mask = _memmap(directory / "mask.bin", np.uint8)
+
+    @property
+    def problems(self) -> list[tuple[int, str]]:
+        """(row, `FILE:LINE: field: problem`) of every malformed row, in file order."""
+        return [(int(i), text) for i, text in self.report["problems"]]
+
+    def example(self, row: int) -> dict[str, list[int]]:
+        """input_ids and labels of a kept row, read from the memory map."""
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        ids = np.asarray(self.tokens[start:end], dtype=np.int64)
+        labels = np.where(self.mask[start:end] != 0, ids, IGNORE_INDEX)
+        return {"input_ids": ids.tolist(), "labels": labels.tolist()}
+
+
+def _memmap(path: Path, dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # np.memmap refuses an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def open_store(spec: DatasetSpec, transform: Transform, root: Path, num_proc: Optional[int] = None) -> TokenStore:
+    """The source's store: from the cache when its key is there, else tokenised now (and cached)."""
+    if spec.streaming and spec.fraction is not None:
+        raise DataError(f"{spec.path}: fraction: a streamed source (streaming: true) cannot be sampled by "
+                        "fraction; give count")
+    key = cache_key(spec, transform)
+    directory = root / key
+    if (directory / "report.json").exists():
+        store = TokenStore(directory)
+        print(f"[data] {store.label}: cache hit, {store.rows} rows, {int(store.offsets[-1])} tokens ({directory})")
+        return store
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))  # never read: only `root/<key>` is
+    try:
+        build(spec, transform, key, tmp, num_proc)
+        try:
+            os.rename(tmp, directory)
+        except OSError:  # another run finished the same store first; theirs is as good
+            if not (directory / "report.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TokenStore(directory)
+
+
+def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc: Optional[int]) -> None:
+    """Tokenise the whole source into `out` (see the module docstring); report.json is written last."""
+    label, dataset, locate = open_source(spec)
+    columns = dict(spec.columns)
+    present = dataset.column_names
+    if present is not None:
+        check_columns(columns, present, label)
+    writer = StoreWriter(out)
+    if spec.streaming:
+        stream = dataset.take(spec.count) if spec.count is not None else dataset
+        print(f"[data] {label}: tokenising a stream ({spec.count or 'all'} rows) with 1 process")
+        for table in stream.with_format("arrow").iter(batch_size=BATCH_ROWS):
+            writer.add(encode_batch(table, transform, columns))
+    else:
+        processes = min(num_proc or min(os.cpu_count() or 1, MAX_PROCESSES),
+                        max(1, len(dataset) // MIN_ROWS_PER_PROCESS))
+        print(f"[data] {label}: tokenising {len(dataset)} rows with {processes} processes")
+        mapped = dataset.with_format("arrow").map(
+            encode_batch, batched=True, batch_size=BATCH_ROWS, fn_kwargs={"transform": transform, "columns": columns},
+            remove_columns=present, num_proc=processes if processes > 1 else None,
+            cache_file_name=str(out / "map.arrow"), load_from_cache_file=False, new_fingerprint=key,
+            desc=f"tokenising {label}")
+        for table in mapped.with_format("arrow").iter(batch_size=10 * BATCH_ROWS):
+            writer.add(table)
+        del mapped
+        for path in out.glob("map*.arrow"):
+            path.unlink()
+    writer.finish({"key": key, "label": label, "identity": source_identity(spec), "columns": spec.columns,
+                   "transform": {k: v for k, v in transform.identity().items()}}, locate)
+
+
+class StoreWriter:
+    """Appends encoded batches to the flat files, then writes the per-row arrays and report.json."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.tokens = (out / "tokens.bin").open("wb")
+        self.mask = (out / "mask.bin").open("wb")
+        self.parts: dict[str, list[np.ndarray]] = {"length": [], "status": [], "truncated": [], "targets": []}
+        self.problems: list[tuple[int, str]] = []
+        self.rows = 0
+
+    def add(self, table) -> None:
+        """One encoded batch (a pyarrow table with `encode_batch`'s columns)."""
+        self.tokens.write(_flat(table.column("ids"), np.int32).tobytes())
+        self.mask.write(_flat(table.column("mask"), np.uint8).tobytes())
+        for name in self.parts:
+            self.parts[name].append(table.column(name).to_numpy())
+        for i, problem in enumerate(table.column("problem").to_pylist()):
+            if problem is not None:
+                self.problems.append((self.rows + i, problem))
+        self.rows += table.num_rows
+
+    def finish(self, report: dict, locate: Callable[[int], str]) -> None:
+        self.tokens.close()
+        self.mask.close()
+        arrays = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self.parts.items()}
+        offsets = np.zeros(self.rows + 1, dtype=np.int64)
+        np.cumsum(arrays["length"], out=offsets[1:])
+        np.save(self.out / "offsets.npy", offsets)
+        np.save(self.out / "status.npy", arrays["status"].astype(np.int8))
+        np.save(self.out / "truncated.npy", arrays["truncated"].astype(np.uint8))
+        np.save(self.out / "targets.npy", arrays["targets"].astype(np.int32))
+        report.update(rows=self.rows, problems=[(i, f"{locate(i)}: {p}") for i, p in self.problems])
+        (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+def _flat(column, dtype) -> np.ndarray:
+    """The values of a list column (chunked pyarrow), flattened, as numpy."""
+    chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- the transform
+
+
+def encode_batch(table, transform: Transform, columns: dict[str, str]):
+    """A batch of source rows (pyarrow table) -> ids, mask, length, status, truncated, targets, problem (pyarrow table)."""
+    import pyarrow as pa
+
+    rows = table.to_pylist()  # the same dicts `Dataset.to_list()` gives read_source
+    if columns:
+        rows = [{columns.get(k, k): v for k, v in row.items()} for row in rows]
+    problems: list[Optional[str]] = [None] * len(rows)
+    texts, spans, good = [], [], []
+    for i, row in enumerate(rows):
+        try:
+            row = transform.adapt(row) if transform.adapt is not None else row
+            problems[i] = transform.validate_row(row)
+            if problems[i] is None:
+                text, turn_spans = render_with_spans(row["messages"])
+                texts.append(text)
+                spans.append(turn_spans)
+                good.append(i)
+        except (RowProblem, ChatFormatError) as err:
+            problems[i] = str(err)
+    ids, mask, lengths = tokenize_masked(transform.tokenizer, texts, spans, transform.train_on_think)
+    n = len(rows)
+    status = np.where([p is None for p in problems], KEPT, BAD).astype(np.int8) if n else np.zeros(0, np.int8)
+    truncated, targets = np.zeros(n, np.uint8), np.zeros(n, np.int32)
+    out_ids: list = [np.zeros(0, np.int32)] * n
+    out_mask: list = [np.zeros(0, np.uint8)] * n
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    for j, i in enumerate(good):
+        row_ids, row_mask = ids[bounds[j]:bounds[j + 1]], mask[bounds[j]:bounds[j + 1]]
+        if len(row_ids) > transform.max_length:
+            if transform.overlong == "drop":
+                status[i] = OVERLONG
+                continue
+            row_ids, row_mask, truncated[i] = row_ids[:transform.max_length], row_mask[:transform.max_length], 1
+        targets[i] = int(row_mask[1:].sum())  # position 0 is never predicted: a target there alone teaches nothing
+        if targets[i] == 0:
+            status[i] = NO_TARGET
+            continue
+        out_ids[i], out_mask[i] = row_ids, row_mask
+    length = np.array([len(a) for a in out_ids], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(length)]).astype(np.int32))
+    flat_ids = np.concatenate(out_ids) if n else np.zeros(0, np.int32)
+    flat_mask = np.concatenate(out_mask) if n else np.zeros(0, np.uint8)
+    return pa.table({
+        "ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids.astype(np.int32))),
+        "mask": pa.ListArray.from_arrays(offsets, pa.array(flat_mask.astype(np.uint8))),
+        "length": pa.array(length.astype(np.int32)), "status": pa.array(status), "truncated": pa.array(truncated),
+        "targets": pa.array(targets), "problem": pa.array(problems, type=pa.string()),
+    })
+
+
+def tokenize_masked(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], train_on_think: bool):
+    """One tokenizer call for `texts`: (ids int32, mask uint8, tokens per text), flat over the batch.
+
+    A token carries loss when its first character lies in an assistant span
+    and it is not empty (as `tokenize_conversation`), and, without
+    `train_on_think`, not in the span's leading `<think>...</think>` (as
+    `tokenize_row`). Texts are laid end to end in one character coordinate
+    so one `searchsorted` over all spans finds each token's span.
+    """
+    if not texts:
+        return np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    counts = np.fromiter((len(x) for x in encoding["input_ids"]), dtype=np.int64, count=len(texts))
+    total = int(counts.sum())
+    ids = np.fromiter(chain.from_iterable(encoding["input_ids"]), dtype=np.int32, count=total)
+    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(encoding["offset_mapping"])), dtype=np.int64,
+                          count=2 * total).reshape(total, 2)
+    base = np.concatenate([[0], np.cumsum([len(t) for t in texts])[:-1]])  # where each text starts
+    starts = offsets[:, 0] + np.repeat(base, counts)
+    target = _inside(starts, [(a + b0, b + b0) for b0, row in zip(base, spans) for a, b in row])
+    target &= offsets[:, 1] > offsets[:, 0]
+    if not train_on_think:
+        think = [(a + b0, b + b0) for b0, text, row in zip(base, texts, spans) for a, b in think_spans(text, row)]
+        target &= ~_inside(starts, think)
+    return ids, target.astype(np.uint8), counts
+
+
+def _inside(positions: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """positions[i] lies in some [a, b) of `spans` (sorted, disjoint)."""
+    if not spans:
+        return np.zeros(len(positions), dtype=bool)
+    lo, hi = np.array(spans, dtype=np.int64).T
+    k = np.searchsorted(lo, positions, side="right") - 1
+    return (k >= 0) & (positions < hi[np.maximum(k, 0)])
+
+
+def think_spans(text: str, spans) -> list[tuple[int, int]]:
+    """Character spans of the leading `<think>...</think>` block inside each assistant span."""
+    out = []
+    for start, end in spans:
+        if text.startswith(THINK_OPEN, start):
+            close = text.find(THINK_CLOSE, start, end)
+            if close != -1:
+                out.append((start, close + len(THINK_CLOSE)))
+    return out
+
+
+# --------------------------------------------------------------------------- reading a source
+
+
+def open_source(spec: DatasetSpec):
+    """(label, Arrow-backed Dataset or, with `streaming`, IterableDataset, locate) like `sources.load_rows`.
+
+    `locate(i)` names row i as `FILE:LINE` (JSON lines) or `FILE:row N`; the
+    line numbers are read only when a bad row needs them.
+    """
+    import datasets
+
+    path = Path(spec.path).expanduser()
+    if path.is_dir():
+        path = split_file(path, spec.split)
+    elif not path.exists():
+        if _looks_local(spec.path):
+            raise DataError(f"{spec.path}: no such file or directory")
+        label = hub_label(spec)
+        try:
+            dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
+                                            streaming=spec.streaming)
+        except Exception as err:
+            raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: "
+                            f"{type(err).__name__}: {err}") from None
+        return label, dataset, lambda i: f"{label}:row {i + 1}"
+    if path.is_dir():  # a `save_to_disk` folder
+        dataset = datasets.load_from_disk(str(path))
+        return str(path), (dataset.to_iterable_dataset() if spec.streaming else dataset), \
+            lambda i: f"{path}:row {i + 1}"
+    builder = FORMATS.get(path.suffix)
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FORMATS)})")
+    files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
+    try:
+        dataset = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                        streaming=spec.streaming)
+    except Exception as err:  # datasets wraps parse errors into an opaque one; find the line ourselves
+        raise DataError(_unreadable(files, err)) from None
+    lines: list = []
+
+    def locate(i: int) -> str:
+        if builder == "json" and len(files) == 1 and not lines:
+            lines.append(_json_lines(files[0]))
+        numbers = lines[0] if lines else None
+        return f"{path}:{numbers[i]}" if numbers is not None and i < len(numbers) else f"{path}:row {i + 1}"
+
+    return str(path), dataset, locate
+
+
+def check_columns(columns: dict[str, str], present: list[str], label: str) -> None:
+    """`{source_name: expected_name}` must rename existing columns without overwriting others (as read_source)."""
+    for src, dst in columns.items():
+        if src not in present:
+            raise DataError(f"{label}: columns: no column {src!r} to rename to {dst!r} "
+                            f"(columns: {', '.join(sorted(present))})")
+        if dst in present and dst not in columns:
+            raise DataError(f"{label}: columns: renaming {src!r} to {dst!r} would overwrite the existing column {dst!r}")
+
+
+def bad_row_examples(store: TokenStore) -> list[str]:
+    """The first few skip reasons of a store (as `SourceReport.examples`)."""
+    return [text for _, text in store.problems[:EXAMPLES_KEPT]]
