@@ -183,13 +183,13 @@ def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc
     if spec.streaming:
         stream = dataset.take(spec.count) if spec.count is not None else dataset
         print(f"[data] {label}: tokenising a stream ({spec.count or 'all'} rows) with 1 process")
-        for table in stream.with_format("arrow").iter(batch_size=BATCH_ROWS):
-            writer.add(encode_batch(table, transform, columns))
+        for batch in stream.iter(batch_size=BATCH_ROWS):
+            writer.add(encode_batch(batch, transform, columns))
     else:
         processes = min(num_proc or min(os.cpu_count() or 1, MAX_PROCESSES),
                         max(1, len(dataset) // MIN_ROWS_PER_PROCESS))
         print(f"[data] {label}: tokenising {len(dataset)} rows with {processes} processes")
-        mapped = dataset.with_format("arrow").map(
+        mapped = dataset.map(
             encode_batch, batched=True, batch_size=BATCH_ROWS, fn_kwargs={"transform": transform, "columns": columns},
             remove_columns=present, num_proc=processes if processes > 1 else None,
             cache_file_name=str(out / "map.arrow"), load_from_cache_file=False, new_fingerprint=key,
@@ -248,13 +248,12 @@ def _flat(column, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- the transform
 
 
-def encode_batch(table, transform: Transform, columns: dict[str, str]):
-    """A batch of source rows (pyarrow table) -> ids, mask, length, status, truncated, targets, problem (pyarrow table)."""
+def encode_batch(batch: dict[str, list], transform: Transform, columns: dict[str, str]):
+    """A batch of source rows ({column: values}) -> ids, mask, length, status, truncated, targets, problem (pyarrow table)."""
     import pyarrow as pa
 
-    rows = table.to_pylist()  # the same dicts `Dataset.to_list()` gives read_source
-    if columns:
-        rows = [{columns.get(k, k): v for k, v in row.items()} for row in rows]
+    names = [columns.get(name, name) for name in batch]
+    rows = [dict(zip(names, values)) for values in zip(*batch.values())]  # the dicts `Dataset.to_list()` gives
     problems: list[Optional[str]] = [None] * len(rows)
     texts, spans, good = [], [], []
     for i, row in enumerate(rows):
