@@ -21,9 +21,11 @@ None (Arrow-backed files fill absent fields with None):
   `CONTENT<function_calls>CALLS</function_calls><|im_end|>`; the content may
   be None or empty when the turn only calls functions.
 
-Tool output comes back as a turn with role `environment` (rendered like any
-other turn). A non-None `functions` on another role, or `function_calls` on a
-non-assistant turn, is an error rather than silently dropped text.
+Tool output comes back as a turn with role `environment`, rendered like any
+other turn (`<|im_start|>environment\\nOUTPUT<|im_end|>\\n`; a `tool` turn renders
+the same way under its own role name, as before). A non-None `functions` on
+another role, or `function_calls` on a non-assistant turn, is an error rather
+than silently dropped text.
 
 Where this departs from the released Olmo 3 Instruct template, on purpose: it
 injects no default system prompt and no "You do not currently have access to
@@ -44,7 +46,10 @@ user turns carry no loss.
 its `{% generation %}` block marks the same assistant span, so transformers'
 `return_assistant_tokens_mask=True` and TRL's `assistant_only_loss` agree with
 `tokenize_conversation` (tests/data/test_chat.py and tests/data/test_tool_chat.py
-check both).
+check both). vLLM's own chat entry points (`LLM.chat`, the OpenAI server)
+rebuild each message from the OpenAI fields before applying the template and
+drop `functions` and `function_calls`, so tool prompts go to vLLM as text
+(`generation_prompt`), as the rollout engines send every prompt.
 """
 
 from __future__ import annotations
