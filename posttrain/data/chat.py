@@ -48,8 +48,9 @@ its `{% generation %}` block marks the same assistant span, so transformers'
 `tokenize_conversation` (tests/data/test_chat.py and tests/data/test_tool_chat.py
 check both). vLLM's own chat entry points (`LLM.chat`, the OpenAI server)
 rebuild each message from the OpenAI fields before applying the template and
-drop `functions` and `function_calls`, so tool prompts go to vLLM as text
-(`generation_prompt`), as the rollout engines send every prompt.
+drop `functions` and `function_calls`, so tool prompts go to vLLM already
+rendered (`generation_prompt`, then token ids), as the rollout engines send
+every prompt.
 """
 
 from __future__ import annotations
