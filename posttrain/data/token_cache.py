@@ -16,8 +16,8 @@ included), so sampling (`posttrain.data.token_mixture`) picks from the same
 valid rows as `posttrain.data.sources.read_source`.
 
 The key hashes everything the arrays depend on: the tokenizer's serialised
-content (not its path), its chat template, the renderer's source
-(posttrain/data/chat.py), `source_identity` (local files by name, size and
+content (not its path), its chat template, the source files of the
+renderer, validator and adapter (`code_digest`), `source_identity` (local files by name, size and
 mtime; hub datasets by resolved revision), columns, max_length, overlong,
 train_on_think, the validator and adapter by name, a streamed source's count,
 and `TRANSFORM_VERSION` (bump it when the transform below changes).
@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from itertools import chain
@@ -49,7 +50,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from posttrain.config import DataSection, DatasetSpec
-from posttrain.data import chat
 from posttrain.data.batches import IGNORE_INDEX
 from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, ChatFormatError, render_with_spans
 from posttrain.data.sources import (EXAMPLES_KEPT, FORMATS, DataError, RowAdapter, RowProblem, RowValidator,
@@ -75,8 +75,9 @@ class Transform:
 
     def identity(self) -> dict:
         return {"version": TRANSFORM_VERSION, "tokenizer": tokenizer_digest(self.tokenizer),
-                "chat_template": self.tokenizer.chat_template, "renderer": _file_digest(chat.__file__),
+                "chat_template": self.tokenizer.chat_template,
                 "validator": _name(self.validate_row), "adapter": _name(self.adapt) if self.adapt else None,
+                "code": code_digest([render_with_spans, self.validate_row, self.adapt]),
                 "max_length": self.max_length, "overlong": self.overlong, "train_on_think": self.train_on_think}
 
 
@@ -90,8 +91,28 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def code_digest(functions: list[Optional[Callable]]) -> str:
+    """sha256 of the source files that define `functions` and the functions their closures hold.
+
+    A validator is often `all_of(a, b)`: its closure names the modules of a and
+    b. Editing the renderer, a validator or an adapter thus makes a new key
+    with no version to remember; TRANSFORM_VERSION covers this module.
+    """
+    files = set()
+    pending = [f for f in functions if f is not None]
+    while pending:
+        fn = pending.pop()
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if getattr(module, "__file__", None):
+            files.add(module.__file__)
+        for cell in getattr(fn, "__closure__", None) or ():
+            inner = cell.cell_contents
+            pending.extend(inner if isinstance(inner, (list, tuple)) else [inner])
+        pending = [f for f in pending if callable(f) and getattr(f, "__module__", None) not in (None, "builtins")]
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def _name(fn: Callable) -> str:
