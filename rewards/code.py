@@ -6,9 +6,11 @@ in one sandbox (see `rewards.sandbox`): the program is compiled once and each
 test runs in a fresh fork, so a program costs one interpreter start however
 many tests it has.
 
-- `code`: label `{"tests": ["assert f(1) == 2", ...]}`; a test passes when
+- `code`: label `{"tests": ["assert f(1) == 2", ...]}` (or the list alone, or
+  either encoded: `parse_tests`); a test passes when
   the program and then the test run to the end without an exception.
-- `code_stdio`: label `{"tests": [{"input": "...", "output": "..."}, ...]}`;
+- `code_stdio`: label `{"tests": [{"input": "...", "output": "..."}, ...]}`
+  (or the list alone, or either encoded);
   a test passes when the program exits cleanly and its stdout equals the
   expected output, compared line by line with trailing whitespace stripped
   (trailing blank lines ignored).
@@ -24,7 +26,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from rewards.core import Result, as_json, register
+from rewards.core import Result, register
+from rewards.decode import decode_label
 from rewards.sandbox import Case, Limits, run_program
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -51,12 +54,32 @@ def normalize_output(text: str) -> str:
     return "\n".join(lines)
 
 
-def _tests(label: Any, kind: str) -> list:
-    label = as_json(label)
-    tests = label.get("tests") if isinstance(label, dict) else None
+def parse_tests(label: Any, kind: str) -> list:
+    """The tests of a `code` or `code_stdio` label, checked for `kind`'s shape.
+
+    The label is `{"tests": [...]}` or the list itself (open-instruct's
+    shape), either of them as is, as JSON text, or encoded as open-instruct's
+    released code data stores it (base64 of a zlib-compressed pickle, decoded
+    without running anything: `rewards.decode`). Raises ValueError.
+
+    >>> parse_tests('["assert f() == 1"]', "code")
+    ['assert f() == 1']
+    """
+    label = decode_label(label)
+    tests = label.get("tests") if isinstance(label, dict) else label
     if not isinstance(tests, list) or not tests:
-        raise ValueError(f"{kind} label must be {{'tests': [...]}} with at least one test")
+        raise ValueError(f"{kind} label must be a list of tests or {{'tests': [...]}}, with at least one test")
+    is_test, shape = _TEST_SHAPES[kind]
+    if not all(is_test(t) for t in tests):
+        raise ValueError(f"{kind} tests must be {shape}")
     return tests
+
+
+# verifier -> (what one of its tests is, that in words)
+_TEST_SHAPES = {
+    "code": (lambda t: isinstance(t, str), "strings of Python code"),
+    "code_stdio": (lambda t: isinstance(t, dict) and "output" in t, "{'input': ..., 'output': ...} objects"),
+}
 
 
 def _limits(cpu_seconds: Optional[float], wall_seconds: Optional[float], memory_mb: Optional[float]) -> Limits:
@@ -94,9 +117,7 @@ def code(prediction: str, label: Any, pass_threshold: Optional[float] = None, cp
     >>> rewards.score("code", answer, {"tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 5"]}, pass_threshold=0.99)
     0.0
     """
-    tests = _tests(label, "code")
-    if not all(isinstance(t, str) for t in tests):
-        raise ValueError("code tests must be strings of Python code")
+    tests = parse_tests(label, "code")
     run = run_program(extract_program(prediction), [Case(code=t) for t in tests], _limits(cpu_seconds, wall_seconds, memory_mb))
     passed = [c.passed for c in run.cases]
     failures = [_failure(c) for c in run.cases if not c.passed]
@@ -113,9 +134,7 @@ def code_stdio(prediction: str, label: Any, pass_threshold: Optional[float] = No
     >>> rewards.score("code_stdio", answer, {"tests": [{"input": "1 2", "output": "3"}, {"input": "5 5", "output": "10\\n"}]})
     1.0
     """
-    tests = _tests(label, "code_stdio")
-    if not all(isinstance(t, dict) and "output" in t for t in tests):
-        raise ValueError("code_stdio tests must be {'input': ..., 'output': ...} objects")
+    tests = parse_tests(label, "code_stdio")
     run = run_program(extract_program(prediction), [Case(stdin=str(t.get("input", ""))) for t in tests],
                       _limits(cpu_seconds, wall_seconds, memory_mb))
     passed, first = [], ""

@@ -9,6 +9,10 @@ into a `Result` with a score in [0, 1]:
 - `None` means "cannot score": 0, with the reason recorded and counted;
 - an exception scores 0, with the exception recorded and counted.
 
+Several verifiers on one item combine as a weighted mean, or, when each
+carries its own label (open-instruct's multi-verifier rows), as a sum
+(`evaluate`).
+
 Only an unknown verifier name raises (`UnknownNameError`, listing the valid
 names): that is a configuration error, found before any work starts.
 
@@ -36,6 +40,7 @@ __all__ = [
     "answer_text",
     "evaluate",
     "get",
+    "labelled_parts",
     "load_plugins",
     "names",
     "parse_spec",
@@ -58,7 +63,7 @@ _entry_points_loaded = False
 
 @dataclass(frozen=True)
 class Result:
-    """One scored item: `score` in [0, 1] and why, when there is something to say.
+    """One scored item: `score` in [0, 1] (a sum for specs with labelled entries, see `evaluate`) and why.
 
     `scored` is False when the verifier could not score the item (it returned
     None, raised, timed out or crashed); the score is then 0. A verifier may
@@ -221,13 +226,17 @@ def parse_spec(spec: Spec) -> tuple[tuple[str, float], ...]:
     """A row's `verifier` value as ((name, weight), ...), names checked.
 
     Accepted: a name; a list of names (equal weights); a list of
-    `[name, weight]` pairs; a mapping name -> weight. Raises on unknown names
-    and malformed specs: those are configuration errors.
+    `[name, weight]` pairs; a mapping name -> weight; a list of entries
+    `{"name": ..., "label": ..., "weight": ...}` that carry their own labels
+    (weight defaults to 1; see `labelled_parts`). Raises on unknown names and
+    malformed specs: those are configuration errors.
 
     >>> parse_spec("math")
     (('math', 1.0),)
     >>> parse_spec({"math": 3, "format": 1})
     (('math', 3.0), ('format', 1.0))
+    >>> parse_spec([{"name": "math", "label": "4"}, {"name": "ifeval", "label": "{}", "weight": 2}])
+    (('math', 1.0), ('ifeval', 2.0))
     """
     parts = spec_parts(spec)
     for name, _ in parts:
@@ -241,6 +250,8 @@ def spec_parts(spec: Spec) -> tuple[tuple[str, float], ...]:
         parts = [(spec, 1.0)]
     elif isinstance(spec, Mapping):
         parts = [(str(k), float(v)) for k, v in spec.items()]
+    elif labelled := labelled_parts(spec):
+        parts = [(name, weight) for name, weight, _ in labelled]
     elif isinstance(spec, (list, tuple)) and spec:
         parts = []
         for entry in spec:
@@ -259,6 +270,38 @@ def spec_parts(spec: Spec) -> tuple[tuple[str, float], ...]:
             raise ValueError(f"verifier weight for {name!r} must be finite and >= 0, got {weight}")
     if sum(w for _, w in parts) <= 0:
         raise ValueError(f"verifier weights must not all be zero: {spec!r}")
+    return tuple(parts)
+
+
+LABELLED_KEYS = ("name", "label", "weight")
+
+
+def labelled_parts(spec: Spec) -> tuple[tuple[str, float, Any], ...]:
+    """A spec of entries with their own labels as ((name, weight, label), ...); () for any other spec.
+
+    Such a spec is a list of `{"name": ..., "label": ..., "weight": ...}`
+    mappings: the shape of an open-instruct row with several verifiers, each
+    paired with its own ground truth. Mixing them with plain names raises.
+
+    >>> labelled_parts([{"name": "math", "label": "4"}])
+    (('math', 1.0, '4'),)
+    >>> labelled_parts("math")
+    ()
+    """
+    if not isinstance(spec, (list, tuple)) or not any(isinstance(entry, Mapping) for entry in spec):
+        return ()
+    parts = []
+    for i, entry in enumerate(spec):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"verifier[{i}]: entries with their own labels cannot be mixed with names or pairs, got {entry!r}")
+        extra = sorted(set(entry) - set(LABELLED_KEYS))
+        if extra:
+            raise ValueError(f"verifier[{i}]: unknown key(s) {', '.join(map(repr, extra))} (expected {', '.join(LABELLED_KEYS)})")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"verifier[{i}].name: expected a verifier name, got {name!r}")
+        weight = entry.get("weight")
+        parts.append((name, 1.0 if weight is None else float(weight), entry.get("label")))
     return tuple(parts)
 
 
@@ -284,13 +327,23 @@ def evaluate(verifier: Spec, prediction: Any, label: Any = None, *, options: Opt
     """Score one item and say why; raises only for unknown verifier names.
 
     `verifier` may combine several verifiers with weights (see `parse_spec`);
-    the score is then their weighted mean. `options` maps verifier name ->
+    the score is then their weighted mean, in [0, 1], all of them checking
+    the one `label`. A spec of entries with their own labels
+    (`labelled_parts`; `label` is then unused) scores the SUM of weight x
+    score, as open-instruct sums the rewards of a row's verifiers (each
+    times its constant `verification_reward`, not applied here): a row of k
+    verifiers of weight 1 scores in [0, k]. `options` maps verifier name ->
     default context (the recipe's `verifiers.options`); keys given in
     `context` win.
     """
     parts = parse_spec(verifier)
     if not isinstance(prediction, str):
         return _unscored(parts[0][0], f"prediction is {type(prediction).__name__}, not text")
+    labelled = labelled_parts(verifier)
+    if labelled:
+        results = [(n, w, _run_one(n, prediction, lab, _context_for(n, options, context))) for n, w, lab in labelled]
+        reasons = "; ".join(f"{n}: {r.reason}" for n, _, r in results if r.reason)
+        return Result(sum(w * r.score for _, w, r in results), reasons, all(r.scored for _, _, r in results))
     if len(parts) == 1:
         name = parts[0][0]
         return _run_one(name, prediction, label, _context_for(name, options, context))

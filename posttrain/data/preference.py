@@ -37,6 +37,7 @@ from posttrain.config import DataSection, DPOSection
 from posttrain.data.batches import IGNORE_INDEX, PreferenceBatch
 from posttrain.data.chat import IM_END, assistant_text, generation_prompt
 from posttrain.data.mixing import mix
+from posttrain.data.released import dpo_adapter
 from posttrain.data.schemas import dpo_row
 
 BAD_PAIR = "bad pair: "  # prefix of the problems that dpo.on_bad_pair governs
@@ -113,7 +114,9 @@ def _prompt_turns(messages: list[dict]) -> list[tuple]:
 def read_pairs(data: DataSection, dpo: DPOSection, split: str = "train") -> tuple[list[dict], PairReport]:
     """The DPO rows of `data.train` or `data.heldout`, validated under both policies (see the module docstring).
 
-    Training rows are shuffled with the data seed; held-out rows keep file order.
+    Training rows are shuffled with the data seed; held-out rows keep file order. Rows in the released Olmo 3
+    shapes (a `prompt` with answers or assistant turns) become whole conversations first
+    (`posttrain.data.released.dpo_adapter`).
     """
     bad_pairs: list[str] = []
 
@@ -124,7 +127,8 @@ def read_pairs(data: DataSection, dpo: DPOSection, split: str = "train") -> tupl
         return data.on_bad_row
 
     specs = data.train if split == "train" else data.heldout
-    mixture = mix(specs, pair_problem, seed=data.seed, on_bad_row=policy, shuffle=data.shuffle and split == "train")
+    mixture = mix(specs, pair_problem, seed=data.seed, on_bad_row=policy, shuffle=data.shuffle and split == "train",
+                  adapt=dpo_adapter)
     skipped_pairs = len(bad_pairs) if dpo.on_bad_pair == "skip" else 0
     report = PairReport(
         read=sum(s.read for s in mixture.sources),

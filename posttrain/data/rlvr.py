@@ -40,7 +40,9 @@ from posttrain.config import RLVRConfig
 from posttrain.data.batches import RolloutBatch
 from posttrain.data.chat import generation_prompt, is_well_formed
 from posttrain.data.mixing import Mixture, mix_section
+from posttrain.data.released import rlvr_adapter
 from posttrain.data.schemas import rlvr_row_validator
+from rewards.core import spec_parts
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,19 @@ class PromptData:
 
 
 def load_prompts(config: RLVRConfig, tokenizer, verifiers: Sequence[str]) -> PromptData:
-    """The recipe's training and held-out prompts; every row's verifier must be one of `verifiers`."""
+    """The recipe's training and held-out prompts; every row's verifier must be one of `verifiers`.
+
+    Rows in the released Olmo 3 shape (`prompt`, `dataset`, `ground_truth` lists) are adapted on the way in
+    (`posttrain.data.released.rlvr_adapter`, with the recipe's `verifiers.aliases`).
+    """
     validate = rlvr_row_validator(verifiers)
+    adapt = rlvr_adapter(config.verifiers.aliases, verifiers)
     rollout = config.rollout
-    mixture = mix_section(config.data, validate, "train")
+    mixture = mix_section(config.data, validate, "train", adapt=adapt)
     prompts, truncated = encode_prompts(mixture.rows, tokenizer, rollout.max_prompt_length)
     fingerprint = hashlib.sha256(json.dumps(mixture.rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    heldout = heldout_prompts(mix_section(config.data, validate, "heldout").rows, tokenizer, rollout.max_prompt_length,
-                              config.eval.max_prompts) if config.data.heldout else []
+    heldout = heldout_prompts(mix_section(config.data, validate, "heldout", adapt=adapt).rows, tokenizer,
+                              rollout.max_prompt_length, config.eval.max_prompts) if config.data.heldout else []
     return PromptData(prompts, heldout, truncated, fingerprint, mixture)
 
 
@@ -147,8 +154,8 @@ class Group:
 
 
 def verifier_name(verifier: Any) -> str:
-    """A row's verifier spec as one name: "math", or "ifeval+format" for several."""
-    return verifier if isinstance(verifier, str) else "+".join(map(str, verifier))
+    """A row's verifier spec as one name: "math", or "ifeval+format" for several (whatever the spec's shape)."""
+    return verifier if isinstance(verifier, str) else "+".join(name for name, _ in spec_parts(verifier))
 
 
 @dataclass

@@ -107,10 +107,12 @@ def build_suite(variant: str, rlvr: RLVRConfig | None, dpo: DPOConfig | None, si
     if rlvr is not None and rlvr.data.heldout:
         import rewards
         from posttrain.data.mixing import mix_section
+        from posttrain.data.released import rlvr_adapter
         from posttrain.data.schemas import rlvr_row_validator
 
         rewards.load_plugins(rlvr.verifiers.modules)
-        rows = mix_section(rlvr.data, rlvr_row_validator(rewards.names()), "heldout").rows[:size]
+        adapt = rlvr_adapter(rlvr.verifiers.aliases, rewards.names())
+        rows = mix_section(rlvr.data, rlvr_row_validator(rewards.names()), "heldout", adapt=adapt).rows[:size]
     pairs = dpo if dpo is not None and dpo.data.heldout else None
     max_tokens = rlvr.rollout.max_response_length if rlvr is not None else 128
     max_prompt = rlvr.rollout.max_prompt_length if rlvr is not None else 2048
