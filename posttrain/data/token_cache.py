@@ -58,7 +58,7 @@ from posttrain.data.sources import (EXAMPLES_KEPT, FORMATS, DataError, RowAdapte
 TRANSFORM_VERSION = 1  # bump when encode_batch's output changes for the same inputs
 KEPT, BAD, OVERLONG, NO_TARGET = 0, 1, 2, 3  # status of a source row
 BATCH_ROWS = 1000  # rows per tokenizer call (and per map batch)
-MIN_ROWS_PER_PROCESS = 2000  # a small source is not worth starting processes for
+MIN_ROWS_PER_PROCESS = 500  # a small source is not worth starting processes for
 MAX_PROCESSES = 16
 
 
@@ -330,11 +330,11 @@ def tokenize_masked(tokenizer, texts: list[str], spans: list[list[tuple[int, int
     """
     if not texts:
         return np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
-    encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    counts = np.fromiter((len(x) for x in encoding["input_ids"]), dtype=np.int64, count=len(texts))
+    token_ids, token_offsets = _encode(tokenizer, texts)
+    counts = np.fromiter((len(x) for x in token_ids), dtype=np.int64, count=len(texts))
     total = int(counts.sum())
-    ids = np.fromiter(chain.from_iterable(encoding["input_ids"]), dtype=np.int32, count=total)
-    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(encoding["offset_mapping"])), dtype=np.int64,
+    ids = np.fromiter(chain.from_iterable(token_ids), dtype=np.int32, count=total)
+    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(token_offsets)), dtype=np.int64,
                           count=2 * total).reshape(total, 2)
     base = np.concatenate([[0], np.cumsum([len(t) for t in texts])[:-1]])  # where each text starts
     starts = offsets[:, 0] + np.repeat(base, counts)
@@ -344,6 +344,23 @@ def tokenize_masked(tokenizer, texts: list[str], spans: list[list[tuple[int, int
         think = [(a + b0, b + b0) for b0, text, row in zip(base, texts, spans) for a, b in think_spans(text, row)]
         target &= ~_inside(starts, think)
     return ids, target.astype(np.uint8), counts
+
+
+def _encode(tokenizer, texts: list[str]) -> tuple[list, list]:
+    """Token ids and character offsets of each text, as `tokenizer(texts, add_special_tokens=False)` gives them.
+
+    A fast tokenizer's backend is called directly (what transformers calls
+    underneath, without building a BatchEncoding: a fifth of the time).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return encoding["input_ids"], encoding["offset_mapping"]
+    if backend.truncation is not None or backend.padding is not None:  # left set by an earlier call elsewhere
+        backend.no_truncation()
+        backend.no_padding()
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    return [e.ids for e in encodings], [e.offsets for e in encodings]
 
 
 def _inside(positions: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
