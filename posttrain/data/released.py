@@ -214,3 +214,13 @@ def _kind(value: Any) -> str:
 ADAPTERS: Registry[Callable[[Mapping[str, str], Optional[Collection[str]]], RowAdapter]] = Registry("row adapter")
 ADAPTERS.register("rlvr", rlvr_adapter)
 ADAPTERS.register("dpo", dpo_adapter_for)
+
+
+def stage_adapter(stage: str, config) -> Optional[RowAdapter]:
+    """The adapter a stage reads its recipe's rows through (None: SFT rows are conversations as released)."""
+    if stage not in ADAPTERS:
+        return None
+    import rewards
+
+    aliases = config.verifiers.aliases if hasattr(config, "verifiers") else {}
+    return ADAPTERS.get(stage)(aliases, rewards.names())

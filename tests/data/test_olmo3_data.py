@@ -69,7 +69,8 @@ def released(request, tmp_path):
             path = tmp_path / dataset / "train.parquet"
             path.parent.mkdir(exist_ok=True)
             pq.write_table(pa.Table.from_pylist(rows, schema=schema_of(dataset)), path)
-        return [f"data.train.0.path={path}", f"data.cache_dir={tmp_path / 'cache'}"], rows
+        cache = [f"data.cache_dir={tmp_path / 'cache'}"] if recipe.endswith("sft") else []  # SFT's token cache
+        return [f"data.train.0.path={path}", *cache], rows
 
     return point
 
@@ -80,8 +81,9 @@ def test_data_check_reads_every_olmo3_recipe_data_section_whole(recipe, released
     report = tmp_path / "check.json"
     status = main(["data", "check", "--recipe", str(REPO / "recipes" / "olmo3" / f"{recipe}.yaml"),
                    "--tokenizer", str(tiny_dir / "base"), "--json", str(report), *overrides])
-    out = capsys.readouterr().out
-    assert status == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert status == 0, out + captured.err
     (source,) = json.loads(report.read_text())["sources"]
     assert (source["read"], source["malformed"], source["taken"]) == (len(rows), 0, len(rows)), out
     assert source["length_percentiles"]["max"] > 0 and "example:" in out
