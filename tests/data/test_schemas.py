@@ -42,7 +42,7 @@ def test_optional_message_fields_filled_with_none_are_fine():
         ({"messages": []}, "messages: empty conversation"),
         ({"messages": ["hi"]}, "messages[0]: expected a message mapping, got str"),
         ({"messages": [{"content": "x"}]}, "messages[0].role: missing"),
-        ({"messages": [turn("user", "x"), turn("bot", "y")]}, "messages[1].role: unknown role 'bot' (expected one of system, user, assistant, tool)"),
+        ({"messages": [turn("user", "x"), turn("bot", "y")]}, "messages[1].role: unknown role 'bot' (expected one of system, user, assistant, environment, tool)"),
         ({"messages": [{"role": "user"}]}, "messages[0].content: missing"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content: expected text, got int"),
         ({"messages": PROMPT}, "messages: no assistant turn to train on"),

@@ -126,7 +126,7 @@ def test_bad_row_fails_naming_file_line_and_field(tmp_path):
     path = bad_rows(tmp_path)
     with pytest.raises(DataError) as caught:
         read(path)
-    assert str(caught.value) == f"{path}:5: messages[1].role: unknown role 'bot' (expected one of system, user, assistant, tool)"
+    assert str(caught.value) == f"{path}:5: messages[1].role: unknown role 'bot' (expected one of system, user, assistant, environment, tool)"
 
 
 def test_bad_rows_skipped_and_counted(tmp_path):
@@ -135,7 +135,7 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     assert prompts(rows) == ["q0", "q1", "q2", "q4"]
     assert (report.read, report.skipped, report.taken) == (6, 2, 4)
     assert report.examples == [
-        f"{path}:5: messages[1].role: unknown role 'bot' (expected one of system, user, assistant, tool)",
+        f"{path}:5: messages[1].role: unknown role 'bot' (expected one of system, user, assistant, environment, tool)",
         f"{path}:7: messages: empty conversation",
     ]
     assert "4 rows taken of 4 valid (2 malformed rows skipped" in report.describe()
