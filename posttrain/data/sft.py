@@ -21,7 +21,9 @@
    crosses documents, `posttrain.data.packing`); false: one example per row.
    A row's tokens are read from the cache only when a step collates it.
 5. `StepPlan` (`posttrain.data.step_plan`) fixes, for every optimizer step,
-   which rows it trains on; `step_batches` collates them.
+   which rows it trains on; `step_batches` hands each rank its micro-batches
+   (over the cache, indices that the rank reads from the memory map itself:
+   `posttrain.data.stored_batches`).
 
 The per-row path (`load_split_per_row`, `tokenize_row`, `prepare_examples`:
 Python lists, no cache) stays as the reference the cache is tested against.
@@ -50,7 +52,8 @@ from posttrain.data.schemas import all_of, sft_row
 from posttrain.data.sources import RowAdapter
 from posttrain.data.step_plan import StepPlan
 from posttrain.data.token_cache import Transform
-from posttrain.data.token_mixture import Examples, mix_cached, pack_rows
+from posttrain.data.stored_batches import StoredBatch, stored_batch
+from posttrain.data.token_mixture import Examples, PackedRows, mix_cached, pack_rows
 
 
 def nonempty_content(row: dict) -> str | None:
@@ -208,17 +211,30 @@ def rows_per_step(config: SFTConfig) -> int:
     return math.ceil(config.batch.tokens / config.data.max_length)
 
 
-def step_batches(plan: StepPlan, rows: Sequence, step: int, pad_token_id: int) -> list[list[SFTBatch]]:
-    """The collated micro-batches of `step` for every rank (empty micro-batches where a rank ran out of rows)."""
+def step_batches(plan: StepPlan, rows: Sequence, step: int, pad_token_id: int) -> list[list[SFTBatch | StoredBatch]]:
+    """The micro-batches of `step` for every rank (empty micro-batches where a rank ran out of rows).
+
+    Over the token cache they are `StoredBatch`es, which each learner rank
+    reads from the memory-mapped stores itself (`posttrain.data.stored_batches`);
+    over example dicts, collated `SFTBatch`es.
+    """
+    stored = isinstance(rows, (PackedRows, Examples))
     out = []
     for rank_parts in plan.rank_micro_batches(step):
-        out.append([collate([rows[i] for i in part], pad_token_id) if part else empty_batch(pad_token_id)
-                    for part in rank_parts])
+        out.append([(stored_batch(rows, part, pad_token_id) if stored else collate([rows[i] for i in part], pad_token_id))
+                    if part else empty_batch(pad_token_id) for part in rank_parts])
     return out
 
 
-def batch_token_counts(batches: Sequence[SFTBatch]) -> dict[str, int]:
+def batch_token_counts(batches: Sequence[SFTBatch | StoredBatch]) -> dict[str, int]:
     """real (non-padding) tokens, total tokens (B x T) and loss tokens of some micro-batches."""
-    real = sum(int(b.row_lengths.sum()) for b in batches)
-    total = sum(b.input_ids.numel() for b in batches if int(b.row_lengths.sum()) > 0)
-    return {"real": real, "total": total, "loss": sum(b.num_loss_tokens for b in batches)}
+    counts = {"real": 0, "total": 0, "loss": 0}
+    for b in batches:
+        if isinstance(b, StoredBatch):
+            real, total, loss = b.real, b.total, b.loss
+        else:
+            real, total, loss = int(b.row_lengths.sum()), b.input_ids.numel(), b.num_loss_tokens
+        counts["real"] += real
+        counts["total"] += total if real > 0 else 0
+        counts["loss"] += loss
+    return counts

@@ -23,6 +23,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -49,12 +50,12 @@ class Examples(Sequence):
             out[where] = getattr(store, name)[self.row_ids[where]]
         return out
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
         """(N,) tokens of each example."""
         return self._per_row("lengths")
 
-    @property
+    @cached_property
     def targets(self) -> np.ndarray:
         """(N,) loss tokens of each example (position 0 excluded)."""
         return self._per_row("targets")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
+import torch
 
 from posttrain.config import DatasetSpec, validate
 from posttrain.data import sft as D
@@ -19,6 +21,7 @@ from posttrain.data import token_cache as TC
 from posttrain.data.chat import think_content
 from posttrain.data.packing import pack_examples
 from posttrain.data.sources import DataError
+from posttrain.data.stored_batches import StoredBatch, open_store
 from posttrain.tiny.tokenizer import train_tokenizer
 
 
@@ -226,3 +229,31 @@ def test_a_streamed_source_takes_its_first_count_rows(tmp_path, tokenizer, suffi
     assert [dict(e) for e in examples] == want and report.rows == 9
     with pytest.raises(DataError, match="fraction: a streamed source"):
         D.load_split(recipe(tmp_path, [{"path": str(path), "streaming": True, "fraction": 0.5}]), tokenizer, "train")
+
+
+# ---------------------------------------------------------------- micro-batches read on the learner ranks
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_stored_batches_read_on_a_rank_equal_the_driver_collated_ones(packing, tokenizer, tmp_path):
+    config = recipe(tmp_path, [{"path": write(tmp_path / "train.jsonl", ROWS)}], overlong="truncate")
+    examples, _ = D.load_split(config, tokenizer, "train")
+    rows = D.to_rows(examples, config.data.max_length, packing)
+    plan = D.StepPlan(num_rows=len(rows), rows_per_step=7, micro_batch_size=2, world_size=3, epochs=1, seed=0)
+    for step in range(plan.total_steps):
+        stored = D.step_batches(plan, rows, step, tokenizer.pad_token_id)
+        collated = [[D.collate([rows[i] for i in part], tokenizer.pad_token_id) if part
+                     else D.empty_batch(tokenizer.pad_token_id) for part in rank] for rank in plan.rank_micro_batches(step)]
+        for rank_stored, rank_collated in zip(stored, collated):
+            for mine, theirs in zip(rank_stored, rank_collated):
+                if isinstance(mine, StoredBatch):
+                    shipped = pickle.loads(pickle.dumps(mine))  # what Ray sends: indices, not tokens
+                    assert len(pickle.dumps(mine)) < 4096
+                    open_store.cache_clear()  # as a fresh learner process
+                    mine = shipped.to("cpu")
+                for name in ("input_ids", "labels", "position_ids", "attention_mask", "row_lengths"):
+                    a, b = getattr(mine, name), getattr(theirs, name)
+                    assert (a is None and b is None) or torch.equal(a, b), name
+        flat_stored = [b for rank in stored for b in rank]
+        flat_collated = [b for rank in collated for b in rank]
+        assert D.batch_token_counts(flat_stored) == D.batch_token_counts(flat_collated)
