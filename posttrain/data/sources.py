@@ -3,7 +3,9 @@
 A source is a local file (`.jsonl`, `.json`, `.parquet`, `.arrow`), a local
 directory holding one file per split (`DIR/train.jsonl`, `DIR/heldout.parquet`,
 shards `DIR/train-00000-of-00002.parquet`, or a `save_to_disk` folder
-`DIR/train/`), or a hub dataset name. All of them load through `datasets`.
+`DIR/train/`), or a hub dataset name (at `revision`, when given; with
+`streaming: true`, only the first `count` rows are read from the hub). All of
+them load through `datasets`.
 
 Then, in order:
 1. `columns` renames source columns to the names the format expects.
@@ -95,7 +97,7 @@ def read_source(
         report.skipped += 1
         if len(report.examples) < EXAMPLES_KEPT:
             report.examples.append(where)
-    n = wanted(spec, len(valid))
+    n = len(valid) if spec.streaming else wanted(spec, len(valid))  # a stream was cut to `count` as it was read
     if n and not valid:
         raise DataError(f"{label}: no valid rows to take {n} from ({report.skipped} of {report.read} rows malformed)")
     taken = sample(valid, n, random.Random(f"{seed}|{draw_key(spec)}"))
@@ -294,8 +296,12 @@ def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
     import datasets
 
     label = hub_label(spec)
+    if spec.streaming and spec.count is None:
+        raise DataError(f"{label}: streaming: a streamed source needs `count` (the rows to take from the stream)")
     try:
-        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
+        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
+                                        streaming=spec.streaming)
+        rows = list(dataset.take(spec.count)) if spec.streaming else dataset.to_list()
     except Exception as err:
         raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: {type(err).__name__}: {err}") from None
-    return label, dataset.to_list(), lambda i: f"{label}:row {i + 1}"
+    return label, rows, lambda i: f"{label}:row {i + 1}"

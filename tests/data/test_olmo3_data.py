@@ -121,3 +121,47 @@ def test_each_stage_loader_reads_its_olmo3_recipe_data(recipe, released, tiny_di
         assert len(data.prompts) == len(rows) and data.mixture.skipped == 0
         names = {verifier_name(p.verifier) for p in data.prompts}
         assert {"math", "llm_judge"} <= {n for name in names for n in name.split("+")}
+
+
+def check(recipe: str, tiny_dir: Path, *overrides: str) -> tuple[int, str]:
+    status = main(["data", "check", "--recipe", str(REPO / "recipes" / "olmo3" / f"{recipe}.yaml"),
+                   "--tokenizer", str(tiny_dir / "base"), *overrides])
+    return status, ""
+
+
+def test_data_check_names_a_misspelled_column_an_unknown_verifier_and_bad_rows(tiny_dir, tmp_path, capsys):
+    rows = fixture_rows("Dolci-Think-RL-7B")
+    path = tmp_path / "rl.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    status, _ = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}", "data.train.0.columns.promt=messages")
+    out = capsys.readouterr().out
+    assert status == 1 and "ERROR" in out and "no column 'promt' to rename to 'messages'" in out
+
+    unknown = [dict(rows[0], dataset=["flan"]), *rows[1:], dict(rows[0], prompt=None)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in unknown))
+    status, _ = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}")
+    out = capsys.readouterr().out
+    assert status == 1, out  # on_bad_row: error (the recipe's): the stage would stop at row 1
+    assert f"bad row: {path}:1: dataset[0]: no verifier 'flan'" in out
+    assert f"bad row: {path}:{len(unknown)}:" in out and f"2 malformed, {len(rows) - 1} taken" in out.replace("valid, ", "")
+
+
+def test_the_stage_stops_at_the_first_unknown_verifier_naming_file_line_and_field(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    import rewards
+    from posttrain.data.rlvr import load_prompts
+    from posttrain.data.sources import DataError
+
+    rows = fixture_rows("Dolci-Instruct-RL")
+    rows[2] = dict(rows[2], dataset=["puzzle"])
+    path = tmp_path / "rl.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = load_recipe(REPO / "recipes" / "olmo3" / "7b" / "instruct" / "rlvr.yaml",
+                         [f"data.train.0.path={path}", f"model.path={tiny_dir / 'base'}"])
+    with pytest.raises(DataError, match=rf"{path}:3: dataset\[0\]: no verifier 'puzzle'"):
+        load_prompts(config, AutoTokenizer.from_pretrained(tiny_dir / "base"), rewards.names())
+    aliased = load_recipe(REPO / "recipes" / "olmo3" / "7b" / "instruct" / "rlvr.yaml",
+                          [f"data.train.0.path={path}", f"model.path={tiny_dir / 'base'}", "verifiers.aliases.puzzle=string_match"])
+    data = load_prompts(aliased, AutoTokenizer.from_pretrained(tiny_dir / "base"), rewards.names())
+    assert [p.verifier for p in data.prompts].count("string_match") == 1  # (the mixture is shuffled)
