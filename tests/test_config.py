@@ -131,7 +131,7 @@ def test_unknown_key_inside_a_list_item(tmp_path):
     path = write(tmp_path, "sft.yaml", with_(MINIMAL_SFT, data=data))
     message = recipe_error(path)
     assert f"{path}: unknown key 'data.train.1.fractoin'; did you mean 'data.train.1.fraction'?" in message
-    assert "valid here: columns, count, fraction, name, path, split" in message
+    assert "valid here: columns, count, fraction, name, path, revision, split, streaming" in message
 
 
 def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path):
