@@ -158,7 +158,8 @@ def load_split(config: SFTConfig, tokenizer, split: str, adapt: Optional[RowAdap
     are read only when a step collates it.
     """
     transform = Transform(tokenizer=tokenizer, validate_row=SFT_ROW, max_length=config.data.max_length,
-                          overlong=config.data.overlong, train_on_think=config.sft.train_on_think, adapt=adapt)
+                          overlong=config.data.overlong, train_on_think=config.sft.train_on_think, adapt=adapt,
+                          stop_at_bad_row=config.data.on_bad_row == "error")
     mixture = mix_cached(config.data, transform, split)
     examples = mixture.examples()
     lengths, targets = examples.lengths, examples.targets

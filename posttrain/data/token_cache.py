@@ -32,6 +32,9 @@ policy. The result is tokenize_row's, token for token
 and renamed into place when complete: a killed build leaves only a temporary
 directory, which no run reads. A streamed source (`streaming: true`) is read
 as an `IterableDataset`, its first `count` rows, in one process.
+Under `data.on_bad_row: error` the build stops at the first malformed row
+(`FILE:LINE: field: problem`, found in whichever batch holds it) and caches
+nothing; under `skip` every bad row is kept in report.json and counted.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Transform:
     overlong: str  # "drop" or "truncate"
     train_on_think: bool
     adapt: Optional[RowAdapter] = None
+    stop_at_bad_row: bool = False  # data.on_bad_row: error: the build stops at the first one (not in the key:
+    # a store is only ever written whole, and with this set only when the source has no bad row)
 
     def identity(self) -> dict:
         return {"version": TRANSFORM_VERSION, "tokenizer": tokenizer_digest(self.tokenizer),
@@ -204,17 +209,24 @@ def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc
     if spec.streaming:
         stream = dataset.take(spec.count) if spec.count is not None else dataset
         print(f"[data] {label}: tokenising a stream ({spec.count or 'all'} rows) with 1 process")
-        for batch in stream.iter(batch_size=BATCH_ROWS):
-            writer.add(encode_batch(batch, transform, columns))
+        try:
+            for batch in stream.iter(batch_size=BATCH_ROWS):
+                writer.add(encode_batch(batch, range(writer.rows, writer.rows + len(next(iter(batch.values())))),
+                                        transform, columns))
+        except BadRow as bad:
+            raise DataError(f"{locate(bad.index)}: {bad.problem}") from None
     else:
         processes = min(num_proc or min(os.cpu_count() or 1, MAX_PROCESSES),
                         max(1, len(dataset) // MIN_ROWS_PER_PROCESS))
         print(f"[data] {label}: tokenising {len(dataset)} rows with {processes} processes")
-        mapped = dataset.map(
-            encode_batch, batched=True, batch_size=BATCH_ROWS, fn_kwargs={"transform": transform, "columns": columns},
-            remove_columns=present, num_proc=processes if processes > 1 else None,
-            cache_file_name=str(out / "map.arrow"), load_from_cache_file=False, new_fingerprint=key,
-            desc=f"tokenising {label}")
+        try:
+            mapped = dataset.map(
+                encode_batch, batched=True, with_indices=True, batch_size=BATCH_ROWS,
+                fn_kwargs={"transform": transform, "columns": columns}, remove_columns=present,
+                num_proc=processes if processes > 1 else None, cache_file_name=str(out / "map.arrow"),
+                load_from_cache_file=False, new_fingerprint=key, desc=f"tokenising {label}")
+        except BadRow as bad:  # data.on_bad_row: error: stop at the first, not after the whole source
+            raise DataError(f"{locate(bad.index)}: {bad.problem}") from None
         for table in mapped.with_format("arrow").iter(batch_size=10 * BATCH_ROWS):
             writer.add(table)
         del mapped
@@ -222,6 +234,14 @@ def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc
             path.unlink()
     writer.finish({"key": key, "label": label, "identity": source_identity(spec), "columns": spec.columns,
                    "transform": {k: v for k, v in transform.identity().items()}}, locate)
+
+
+class BadRow(ValueError):
+    """Raised while tokenising under `stop_at_bad_row`: source row `index` (0-based) and its problem."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(index, problem)
+        self.index, self.problem = index, problem
 
 
 class StoreWriter:
@@ -269,7 +289,7 @@ def _flat(column, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- the transform
 
 
-def encode_batch(batch: dict[str, list], transform: Transform, columns: dict[str, str]):
+def encode_batch(batch: dict[str, list], indices, transform: Transform, columns: dict[str, str]):
     """A batch of source rows ({column: values}) -> ids, mask, length, status, truncated, targets, problem (pyarrow table)."""
     import pyarrow as pa
 
@@ -288,6 +308,8 @@ def encode_batch(batch: dict[str, list], transform: Transform, columns: dict[str
                 good.append(i)
         except (RowProblem, ChatFormatError) as err:
             problems[i] = str(err)
+        if problems[i] is not None and transform.stop_at_bad_row:
+            raise BadRow(int(indices[i]), problems[i])
     ids, mask, lengths = tokenize_masked(transform.tokenizer, texts, spans, transform.train_on_think)
     n = len(rows)
     status = np.where([p is None for p in problems], KEPT, BAD).astype(np.int8) if n else np.zeros(0, np.int8)

@@ -15,7 +15,7 @@ import pickle
 import pytest
 import torch
 
-from posttrain.config import DatasetSpec, validate
+from posttrain.config import DatasetSpec, RecipeError, validate
 from posttrain.data import sft as D
 from posttrain.data import token_cache as TC
 from posttrain.data.chat import think_content
@@ -190,8 +190,10 @@ def test_a_bad_row_fails_naming_file_line_and_field(tmp_path, tokenizer):
     config = recipe(tmp_path, [{"path": str(path)}])
     with pytest.raises(DataError, match=r"train.jsonl:4: messages\[1\].role: unknown role 'bot'"):
         D.load_split(config, tokenizer, "train")
-    with pytest.raises(DataError, match=r"train.jsonl:4: messages\[1\].role: unknown role 'bot'"):
-        D.load_split(config, tokenizer, "train")  # from the cache too
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]  # stopped: nothing cached
+    path.write_text(json.dumps(BAD[1]) + "\n" + "".join(json.dumps(row) + "\n" for row in ROWS) * 50)
+    with pytest.raises(DataError, match=r"train.jsonl:1: messages\[1\].role: unknown role 'bot'"):
+        D.load_split(config, tokenizer, "train")  # the first batch stops the build
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path, tokenizer):
@@ -227,8 +229,8 @@ def test_a_streamed_source_takes_its_first_count_rows(tmp_path, tokenizer, suffi
     examples, report = D.load_split(config, tokenizer, "train")
     want = [D.tokenize_row(tokenizer, row["messages"], True) for row in ROWS[:9]]
     assert [dict(e) for e in examples] == want and report.rows == 9
-    with pytest.raises(DataError, match="fraction: a streamed source"):
-        D.load_split(recipe(tmp_path, [{"path": str(path), "streaming": True, "fraction": 0.5}]), tokenizer, "train")
+    with pytest.raises(RecipeError, match="streaming: a streamed source is cut by count"):
+        recipe(tmp_path, [{"path": str(path), "streaming": True, "fraction": 0.5}])
 
 
 # ---------------------------------------------------------------- micro-batches read on the learner ranks
