@@ -17,6 +17,7 @@
   reference policy) against the running cluster. Every stage checks this on
   entry, before it loads or tokenises any data, so a recipe that cannot be
   placed fails in seconds, not after an hour of tokenising.
+- `actor_path(path)`: local paths handed to actors are made absolute.
 - `reserve(bundles, what)`: the check above, then a placement group, waited on
   with a timeout (the error names the bundles that could not be placed).
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Iterable
 
 # Copied from the driver's environment into every worker when set.
@@ -78,6 +80,16 @@ def init_ray(
         return address
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False, **common)
     return "local"
+
+
+def actor_path(path: str) -> str:
+    """A local path as an absolute one, a hub name unchanged: what an actor is handed.
+
+    An actor's working directory need not be the driver's, and on another node
+    only an absolute path on a shared filesystem names the same file.
+    """
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
 
 
 def _total(bundles: Iterable[dict[str, float]]) -> Counter:

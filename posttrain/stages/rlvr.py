@@ -63,6 +63,7 @@ from posttrain.config import RLVRConfig
 from posttrain.data.rlvr import PromptStream, informative_groups, load_prompts, plan_update, score_step, step_samples
 from posttrain.eval.heldout import summarize
 from posttrain.metrics import PhaseTimers, TrainingClock
+from posttrain.orchestration.cluster import actor_path
 from posttrain.orchestration.policy_update import fill_logprobs, sync_weights, update_policy
 from posttrain.orchestration.rollout_queue import RolloutQueue
 from posttrain.orchestration.topology import EnginePool, RewardPool, placement, spawn_reference
@@ -88,8 +89,9 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         world = config.distributed.num_workers
         learners = run.start_learners(total_steps=grpo.steps * grpo.minibatches, accumulation=math.ceil(
             config.batch.sequences / (config.batch.micro_batch_size * world)))
-        engines, scorers = run.own(EnginePool(config, config.model.path)), run.own(RewardPool(config))
-        reference = spawn_reference(config, config.model.path)
+        start_from = actor_path(config.model.path)  # engines and the reference may run on other nodes
+        engines, scorers = run.own(EnginePool(config, start_from)), run.own(RewardPool(config))
+        reference = spawn_reference(config, start_from)
         if reference is not None:
             run.own(reference)
         engines.wait_ready()

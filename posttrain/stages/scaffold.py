@@ -30,6 +30,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol
 
@@ -43,7 +44,7 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import check_resources, init_ray
+from posttrain.orchestration.cluster import actor_path, check_resources, init_ray
 from posttrain.orchestration.learner_group import LearnerGroup
 
 INTERRUPTED_STATUS = 130
@@ -89,7 +90,7 @@ class StageRun:
 
     def __init__(self, stage: str, config: StageConfig, resume: bool = False):
         self.stage, self.config, self.resume = stage, config, resume
-        self.run_dir = Path(config.output.dir)
+        self.run_dir = Path(config.output.dir).resolve()  # learners write into it, wherever their working directory is
         self.learners: LearnerGroup | None = None
         self.start_step, self.elapsed_before = 0, 0.0
         self.resume_from: Path | None = None
@@ -149,6 +150,7 @@ class StageRun:
         """The learner ranks (Ray actors forming one process group) with the recipe's model and optimizer."""
         config = self.config
         spec = LearnerSpec.from_config(config, accumulation=accumulation, total_steps=total_steps)
+        spec = replace(spec, model=config.model.model_copy(update={"path": actor_path(config.model.path)}))
         self.learners = self.own(LearnerGroup(
             spec, config.distributed.num_workers, cpus_per_worker=config.distributed.cpus_per_worker,
             use_gpu=config.distributed.use_gpu, name=f"{self.stage} learner"))

@@ -36,3 +36,12 @@ def test_worker_env_leaves_the_hub_online_unless_the_driver_says_otherwise(monke
     assert "HF_HUB_OFFLINE" not in worker_env()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert worker_env()["HF_HUB_OFFLINE"] == "0"
+
+
+def test_actors_are_handed_absolute_local_paths_and_hub_names_as_they_are(tmp_path, monkeypatch):
+    from posttrain.orchestration.cluster import actor_path
+
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert actor_path("ckpt") == str(tmp_path / "ckpt")
+    assert actor_path("allenai/Olmo-3-1025-7B") == "allenai/Olmo-3-1025-7B"
