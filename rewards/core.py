@@ -40,6 +40,7 @@ __all__ = [
     "answer_text",
     "evaluate",
     "get",
+    "full_score",
     "labelled_parts",
     "load_plugins",
     "names",
@@ -274,6 +275,17 @@ def spec_parts(spec: Spec) -> tuple[tuple[str, float], ...]:
 
 
 LABELLED_KEYS = ("name", "label", "weight")
+
+
+def full_score(spec: Spec) -> float:
+    """The score of an item every verifier of `spec` passes: the summed weights of a labelled spec, else 1.
+
+    >>> full_score([{"name": "math", "label": "4"}, {"name": "ifeval", "label": "{}"}])
+    2.0
+    >>> full_score({"math": 3, "format": 1})
+    1.0
+    """
+    return sum(weight for _, weight, _ in labelled_parts(spec)) or 1.0
 
 
 def labelled_parts(spec: Spec) -> tuple[tuple[str, float, Any], ...]:

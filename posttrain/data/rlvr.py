@@ -144,7 +144,7 @@ class Group:
     engine_logprobs: list[list[float]]
     truncated: list[bool]  # finish reason "length"
     version: int  # policy version (learner steps) of the weights that generated the group
-    rewards: list[float] = field(default_factory=list)  # verifier scores in [0, 1]
+    rewards: list[float] = field(default_factory=list)  # verifier scores: [0, 1], or [0, k] for a row of k summed verifiers
     unscored: list[str] = field(default_factory=list)  # reasons of items that could not be scored (scored 0)
     texts: list[str] = field(default_factory=list)
 

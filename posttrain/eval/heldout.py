@@ -40,6 +40,7 @@ from typing import Mapping, Sequence
 from posttrain.checkpoints import checkpoint_hash, read_json, write_json_atomic
 from posttrain.config import DPOConfig, RLVRConfig
 from posttrain.data.rlvr import Group, heldout_prompts, verifier_name
+from rewards.core import full_score
 
 PASS = 1.0 - 1e-6  # a score at or above this is a pass
 EVAL_FILE = "eval.json"
@@ -67,10 +68,15 @@ def pass_rates(by_verifier: Mapping[str, Sequence[float]], prefix: str = "") -> 
 
 
 def summarize(groups: Sequence[Group], prefix: str = "eval/") -> dict[str, float]:
-    """`pass_rates` of scored groups' responses, by the verifier each prompt names."""
+    """`pass_rates` of scored groups' responses, by the verifier each prompt names.
+
+    Scores are taken as fractions of the prompt's full score (`rewards.core.full_score`: a row of k verifiers
+    sums k scores), so a pass means every verifier of the row passed.
+    """
     by_verifier: dict[str, list[float]] = defaultdict(list)
     for group in groups:
-        by_verifier[group.verifier_name].extend(group.rewards)
+        full = full_score(group.prompt.verifier)
+        by_verifier[group.verifier_name].extend(r / full for r in group.rewards)
     return pass_rates(by_verifier, prefix)
 
 
@@ -152,7 +158,8 @@ def generation_metrics(checkpoint: str | Path, suite: Suite, engine: str = "hf")
     scores = [r.score for r in rewards.score_batch(items, max_workers=1, timeout=10.0)]
     by_verifier: dict[str, list[float]] = defaultdict(list)
     for completion, score in zip(completions, scores):
-        by_verifier[verifier_name(prompts[completion.prompt_index].verifier)].append(score)
+        spec = prompts[completion.prompt_index].verifier
+        by_verifier[verifier_name(spec)].append(score / full_score(spec))
     out = {k: v for k, v in pass_rates(by_verifier).items() if k.startswith("pass@1")}
     n = max(len(completions), 1)
     out["format"] = sum(c.finish_reason == "stop" and is_well_formed(c.text, suite.variant) for c in completions) / n

@@ -46,3 +46,14 @@ def test_the_base_model_is_scored_and_the_result_cached(tiny_dir, tmp_path, caps
     again = E.evaluate_chain(tmp_path, {"input": tiny_dir / "base"}, suite)
     assert again == first == read_json(tmp_path / E.EVAL_FILE)
     assert capsys.readouterr().out == ""  # same checkpoint, same suite: not evaluated again
+
+
+def test_a_row_of_several_verifiers_passes_only_when_every_one_does():
+    from posttrain.data.rlvr import Group, Prompt
+    from posttrain.eval.heldout import summarize
+
+    spec = [{"name": "math", "label": "42"}, {"name": "ifeval", "label": "{}"}]
+    group = Group(prompt=Prompt(0, [1], spec, None), response_ids=[[1]] * 3, engine_logprobs=[[0.0]] * 3,
+                  truncated=[False] * 3, version=0, rewards=[2.0, 1.0, 0.0])
+    out = summarize([group])
+    assert out["eval/pass@1"] == pytest.approx(1 / 3) and out["eval/score"] == pytest.approx(0.5)
