@@ -185,6 +185,17 @@ def render(messages: Sequence[Message], add_generation_prompt: bool = False) -> 
     return render_with_spans(messages, add_generation_prompt)[0]
 
 
+def think_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of the leading `<think>...</think>` block inside each assistant span."""
+    out = []
+    for start, end in spans:
+        if text.startswith(THINK_OPEN, start):
+            close = text.find(THINK_CLOSE, start, end)
+            if close != -1:
+                out.append((start, close + len(THINK_CLOSE)))
+    return out
+
+
 def prompt_messages(messages: Sequence[Message]) -> list[Message]:
     """The turns before the final assistant turn (the whole list if it does not end with one)."""
     _check(messages)

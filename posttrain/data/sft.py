@@ -45,7 +45,7 @@ import torch
 
 from posttrain.config import SFTConfig
 from posttrain.data.batches import IGNORE_INDEX, SFTBatch
-from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, render_with_spans, tokenize_conversation
+from posttrain.data.chat import render_with_spans, think_spans, tokenize_conversation
 from posttrain.data.mixing import Mixture, mix_section
 from posttrain.data.packing import PackedSequence, collate_packed, collate_padded, pack_examples
 from posttrain.data.schemas import all_of, sft_row
@@ -88,17 +88,6 @@ class DataReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def think_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Character spans of the leading `<think>...</think>` block inside each assistant span."""
-    out = []
-    for start, end in spans:
-        if text.startswith(THINK_OPEN, start):
-            close = text.find(THINK_CLOSE, start, end)
-            if close != -1:
-                out.append((start, close + len(THINK_CLOSE)))
-    return out
 
 
 def tokenize_row(tokenizer, messages, train_on_think: bool) -> dict[str, list[int]]:

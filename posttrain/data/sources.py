@@ -152,14 +152,26 @@ def rename_columns(rows: list[dict], columns: dict[str, str], label: str) -> lis
 # Loading
 
 
-def load_rows(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
-    """(label, rows, locate): `locate(i)` names row i for error messages (`FILE:LINE` or `FILE:row N`)."""
+def local_path(spec: DatasetSpec) -> Optional[Path]:
+    """A local source's file, shard pattern or `save_to_disk` folder; None for a hub dataset.
+
+    A directory of splits gives its `spec.split` file; a missing path that can
+    only be local (`_looks_local`) is a DataError.
+    """
     path = Path(spec.path).expanduser()
     if path.is_dir():
-        path = split_file(path, spec.split)
-    elif not path.exists():
-        if _looks_local(spec.path):
-            raise DataError(f"{spec.path}: no such file or directory")
+        return split_file(path, spec.split)
+    if path.exists():
+        return path
+    if _looks_local(spec.path):
+        raise DataError(f"{spec.path}: no such file or directory")
+    return None
+
+
+def load_rows(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
+    """(label, rows, locate): `locate(i)` names row i for error messages (`FILE:LINE` or `FILE:row N`)."""
+    path = local_path(spec)
+    if path is None:
         return load_hub(spec)
     if path.is_dir():  # a `save_to_disk` folder
         import datasets
@@ -291,17 +303,26 @@ def hub_label(spec: DatasetSpec) -> str:
     return f"{spec.path}" + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
 
 
-def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
-    """Rows of a hub dataset (needs network, or the datasets cache with HF_HUB_OFFLINE=1)."""
+def open_hub(spec: DatasetSpec):
+    """A hub dataset at the spec's revision (an `IterableDataset` with `streaming`), or a DataError naming it."""
     import datasets
 
+    try:
+        return datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
+                                     streaming=spec.streaming)
+    except Exception as err:
+        raise DataError(f"{hub_label(spec)}: not a local file or directory, and loading it as a hub dataset failed: "
+                        f"{type(err).__name__}: {err}") from None
+
+
+def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
+    """Rows of a hub dataset (needs network, or the datasets cache with HF_HUB_OFFLINE=1)."""
     label = hub_label(spec)
     if spec.streaming and spec.count is None:
         raise DataError(f"{label}: streaming: a streamed source needs `count` (the rows to take from the stream)")
+    dataset = open_hub(spec)
     try:
-        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
-                                        streaming=spec.streaming)
         rows = list(dataset.take(spec.count)) if spec.streaming else dataset.to_list()
-    except Exception as err:
-        raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: {type(err).__name__}: {err}") from None
+    except Exception as err:  # a stream fails while it is read
+        raise DataError(f"{label}: reading the hub dataset failed: {type(err).__name__}: {err}") from None
     return label, rows, lambda i: f"{label}:row {i + 1}"

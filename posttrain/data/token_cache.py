@@ -54,9 +54,9 @@ import numpy as np
 
 from posttrain.config import DataSection, DatasetSpec
 from posttrain.data.batches import IGNORE_INDEX
-from posttrain.data.chat import THINK_CLOSE, THINK_OPEN, ChatFormatError, render_with_spans
+from posttrain.data.chat import ChatFormatError, render_with_spans, think_spans
 from posttrain.data.sources import (EXAMPLES_KEPT, FORMATS, DataError, RowAdapter, RowProblem, RowValidator,
-                                    _json_lines, _looks_local, _unreadable, hub_label, source_identity, split_file)
+                                    _json_lines, _unreadable, hub_label, local_path, open_hub, source_identity)
 
 TRANSFORM_VERSION = 1  # bump when encode_batch's output changes for the same inputs
 KEPT, BAD, OVERLONG, NO_TARGET = 0, 1, 2, 3  # status of a source row
@@ -394,17 +394,6 @@ def _inside(positions: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     return (k >= 0) & (positions < hi[np.maximum(k, 0)])
 
 
-def think_spans(text: str, spans) -> list[tuple[int, int]]:
-    """Character spans of the leading `<think>...</think>` block inside each assistant span."""
-    out = []
-    for start, end in spans:
-        if text.startswith(THINK_OPEN, start):
-            close = text.find(THINK_CLOSE, start, end)
-            if close != -1:
-                out.append((start, close + len(THINK_CLOSE)))
-    return out
-
-
 # --------------------------------------------------------------------------- reading a source
 
 
@@ -416,20 +405,10 @@ def open_source(spec: DatasetSpec):
     """
     import datasets
 
-    path = Path(spec.path).expanduser()
-    if path.is_dir():
-        path = split_file(path, spec.split)
-    elif not path.exists():
-        if _looks_local(spec.path):
-            raise DataError(f"{spec.path}: no such file or directory")
+    path = local_path(spec)
+    if path is None:
         label = hub_label(spec)
-        try:
-            dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
-                                            streaming=spec.streaming)
-        except Exception as err:
-            raise DataError(f"{label}: not a local file or directory, and loading it as a hub dataset failed: "
-                            f"{type(err).__name__}: {err}") from None
-        return label, dataset, lambda i: f"{label}:row {i + 1}"
+        return label, open_hub(spec), lambda i: f"{label}:row {i + 1}"
     if path.is_dir():  # a `save_to_disk` folder
         dataset = datasets.load_from_disk(str(path))
         return str(path), (dataset.to_iterable_dataset() if spec.streaming else dataset), \
