@@ -74,8 +74,9 @@ class DatasetSpec(Section):
     def _count_or_fraction(self):
         if self.count is not None and self.fraction is not None:
             raise ValueError("give either count or fraction, not both")
-        if self.streaming and self.fraction is not None:
-            raise ValueError("streaming: a streamed source is cut by count (its size is unknown until read), not fraction")
+        if self.streaming and self.count is None:
+            raise ValueError("streaming: a streamed source needs count, the rows to read from it (its size is "
+                             "unknown until read; fraction cannot be used)")
         return self
 
 

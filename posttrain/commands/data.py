@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = actions.add_parser("check", help=HELP, description=HELP)
     check.add_argument("--recipe", required=True, metavar="PATH", help="an sft, dpo or rlvr recipe")
     check.add_argument("--tokenizer", metavar="PATH", help="tokenizer to measure with (default: the recipe's model.path)")
-    check.add_argument("--limit", type=int, metavar="N", help="tokenise at most N of each source's taken rows")
+    check.add_argument("--limit", type=int, metavar="N", help="DPO and RLVR: tokenise at most N of each source's taken rows (SFT sources are "
+                       "tokenised whole, into the token cache the run reuses)")
     check.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
     check.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. data.train.0.path=FILE")
     check.set_defaults(_action=run_check)

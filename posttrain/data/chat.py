@@ -90,7 +90,8 @@ CHAT_TEMPLATE = (
     "{{- '\\n' -}}"
     "{%- else -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] -}}"
-    "{%- if message['functions'] is defined and message['functions'] is not none -%}"
+    "{%- if message['role'] in ['system', 'user'] and message['functions'] is defined"
+    " and message['functions'] is not none -%}"
     "{{- (' ' if message['role'] == 'system' else '\\n') + '<functions>' + message['functions'] + '</functions>' -}}"
     "{%- endif -%}"
     "{{- '<|im_end|>\\n' -}}"
@@ -128,9 +129,11 @@ def _check(messages: Sequence[Message]) -> None:
         _optional_text(message, "reasoning_content", where)
         functions = _optional_text(message, "functions", where)
         calls = _optional_text(message, "function_calls", where)
-        if functions is not None and role not in FUNCTIONS_SEPARATOR:
+        # Olmo 3's template ignores misplaced tool fields; an empty one (Arrow-filled data) is let through, a
+        # misplaced one that says something is refused rather than silently dropped
+        if functions and role not in FUNCTIONS_SEPARATOR:
             raise ChatFormatError(f"{where}.functions: only system and user turns carry functions, not {role!r}")
-        if calls is not None and role != "assistant":
+        if calls and role != "assistant":
             raise ChatFormatError(f"{where}.function_calls: only assistant turns carry function calls, not {role!r}")
         if not isinstance(content, str) and not (content is None and calls is not None):
             raise ChatFormatError(f"{where}.content: expected a string, got {type(content).__name__}")
@@ -148,7 +151,7 @@ def assistant_text(message: Message) -> str:
 def _turn_text(message: Message) -> str:
     """A non-assistant turn's text: its content, then its `<functions>` block, if any."""
     functions = message.get("functions")
-    if functions is None:
+    if functions is None or message["role"] not in FUNCTIONS_SEPARATOR:
         return message["content"]
     return f"{message['content']}{FUNCTIONS_SEPARATOR[message['role']]}{FUNCTIONS_OPEN}{functions}{FUNCTIONS_CLOSE}"
 

@@ -1,11 +1,13 @@
 """`posttrain data check`: a recipe's data read the way its stage reads it, on a laptop (no GPU, no Ray).
 
 Every source of the recipe's `data.train` and `data.heldout` goes through the
-stage's own code: `read_source` with the stage's row adapter (the released
-schemas, `posttrain.data.released`) and row validator, the recipe's
-`count`/`fraction` sampling, then the stage's tokenisation (SFT: assistant-only
-labels; DPO: the shared prompt and both responses; RLVR: the generation
-prompt). Per source it reports:
+stage's own code. SFT: the token cache (`posttrain.data.token_cache`), so the
+check tokenises each source once, into the store the run then memory-maps,
+without holding its rows in memory. DPO and RLVR: `read_source` with the
+stage's row adapter (the released schemas, `posttrain.data.released`) and row
+validator, then the stage's tokenisation (DPO: the shared prompt and both
+responses; RLVR: the generation prompt); `limit` caps the rows tokenised. The
+recipe's `count`/`fraction` sampling applies to both. Per source it reports:
 
 - rows read, valid, malformed and taken after sampling;
 - the first malformed rows, as `FILE:ROW: field: problem`;
@@ -32,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from posttrain.config import DatasetSpec, StageConfig
-from posttrain.data.sources import DataError, read_source
+from posttrain.data.sources import DataError, hub_label, read_source, rename_columns
 from posttrain.registry import Registry
 
 PROBLEMS_SHOWN = 5
@@ -116,11 +118,13 @@ class DataCheck:
 
 @dataclass(frozen=True)
 class StageData:
-    """How a stage reads and measures its rows: the adapter and validator `read_source` uses, and `measure`."""
+    """How a stage reads and measures its rows: the adapter and validator `read_source` uses, and `measure`;
+    or, for a stage that reads its sources another way (SFT: the token cache), its own `check_source`."""
 
     adapter: Optional[Callable[[dict], dict]]
     validate: Callable[[dict], Optional[str]]
     measure: Callable[[Sequence[dict], Any, SourceCheck], None]  # (rows taken, tokenizer, check) -> fills lengths ...
+    check_source: Optional[Callable[..., SourceCheck]] = None  # (spec, split, tokenizer, seed, limit) -> check
 
 
 # stage name -> fn(config) -> StageData
@@ -138,7 +142,9 @@ def check_data(config: StageConfig, tokenizer, *, limit: Optional[int] = None) -
 
 
 def check_source(spec: DatasetSpec, split: str, stage: StageData, tokenizer, *, seed: int, limit: Optional[int]) -> SourceCheck:
-    check = SourceCheck(label=_label(spec), split=split)
+    if stage.check_source is not None:
+        return stage.check_source(spec, split, tokenizer, seed=seed, limit=limit)
+    check = SourceCheck(label=hub_label(spec), split=split)
     try:
         rows, source = read_source(spec, stage.validate, seed=seed, on_bad_row="skip", adapt=stage.adapter)
     except (DataError, ValueError) as err:  # unreadable file, misspelled column, unknown verifier in a rename...
@@ -151,10 +157,6 @@ def check_source(spec: DatasetSpec, split: str, stage: StageData, tokenizer, *, 
     except Exception as err:  # a row the validator passed but the stage's tokenisation refuses: name it
         check.error = f"{check.label}: tokenising failed: {type(err).__name__}: {err}"
     return check
-
-
-def _label(spec: DatasetSpec) -> str:
-    return spec.path + (f"/{spec.name}" if spec.name else "") + f"[{spec.split}]"
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -174,21 +176,37 @@ def _adapter(stage: str, config) -> Optional[Callable[[dict], dict]]:
 
 @STAGE_DATA.register("sft")
 def _sft(config) -> StageData:
+    """SFT sources go through the stage's token cache (posttrain/data/token_cache.py): a check tokenises a source
+    once, into the store the run then memory-maps, and never holds its rows as Python objects."""
     from posttrain.data.chat import render
-    from posttrain.data.sft import SFT_ROW, tokenize_row
+    from posttrain.data.sft import SFT_ROW
+    from posttrain.data.token_cache import KEPT, OVERLONG, Transform, cache_root, open_source, open_store
+    from posttrain.data.token_mixture import select
 
-    def measure(rows: Sequence[dict], tokenizer, check: SourceCheck) -> None:
-        limit, policy = config.data.max_length, config.data.overlong
-        for row in rows:
-            n = len(tokenize_row(tokenizer, row["messages"], config.sft.train_on_think)["input_ids"])
-            check.lengths.append(n)
-            if n > limit:
-                check.dropped += policy == "drop"
-                check.truncated += policy == "truncate"
-        if rows:
-            check.example = _short(render(rows[0]["messages"]), 1200)
+    def check_source(spec: DatasetSpec, split: str, tokenizer, *, seed: int, limit: Optional[int]) -> SourceCheck:
+        check = SourceCheck(label=hub_label(spec), split=split)
+        transform = Transform(tokenizer=tokenizer, validate_row=SFT_ROW, max_length=config.data.max_length,
+                              overlong=config.data.overlong, train_on_think=config.sft.train_on_think)
+        try:
+            store = open_store(spec, transform, cache_root(config.data), config.data.num_proc)
+            taken, source = select(store, spec, seed=seed, on_bad_row="skip")
+        except (DataError, ValueError) as err:
+            check.error = str(err)
+            return check
+        check.label, check.read, check.malformed, check.taken = source.source, source.read, source.skipped, source.taken
+        check.problems = source.examples[:PROBLEMS_SHOWN]
+        status = store.status[taken]
+        check.lengths = store.lengths[taken[status == KEPT]].tolist()  # tokens trained on (after truncation)
+        check.dropped = int((status == OVERLONG).sum()) if config.data.overlong == "drop" else 0
+        check.truncated = int((store.truncated[taken] != 0).sum())
+        kept = taken[status == KEPT]
+        if len(kept) and not spec.streaming:  # one row read back from the source, rendered
+            _, dataset, _ = open_source(spec)
+            row = rename_columns([dataset[int(kept[0])]], spec.columns, check.label)[0]
+            check.example = _short(render(row["messages"]), 1200)
+        return check
 
-    return StageData(_adapter("sft", config), SFT_ROW, measure)
+    return StageData(None, SFT_ROW, lambda rows, tokenizer, check: None, check_source)
 
 
 @STAGE_DATA.register("dpo")

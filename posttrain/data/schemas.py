@@ -61,10 +61,10 @@ def _conversation_problem(messages: Any, field: str) -> Optional[str]:
             value = message.get(key)
             if value is not None and not isinstance(value, str):
                 return f"{where}.{key}: expected text, got {type(value).__name__}"
-        if message.get("functions") is not None and role not in ("system", "user"):
+        if message.get("functions") and role not in ("system", "user"):  # an empty misplaced field is ignored
             return f"{where}.functions: only system and user turns carry functions, not {role!r}"
         calls = message.get("function_calls")
-        if calls is not None and role != "assistant":
+        if calls and role != "assistant":
             return f"{where}.function_calls: only assistant turns carry function calls, not {role!r}"
         content = message.get("content")
         if not isinstance(content, str) and not (content is None and calls is not None):

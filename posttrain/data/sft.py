@@ -57,11 +57,14 @@ from posttrain.data.token_mixture import Examples, PackedRows, mix_cached, pack_
 
 
 def nonempty_content(row: dict) -> str | None:
-    """Every message says something (an assistant turn may carry only its reasoning or only its function calls)."""
+    """Every message says something: an assistant turn may carry only its reasoning or only its function calls,
+    and tool output (an environment or tool turn) may be empty."""
     for i, message in enumerate(row["messages"]):
         content = message.get("content") or ""
-        said = message.get("reasoning_content") or message.get("function_calls") is not None
-        if not content.strip() and not (message.get("role") == "assistant" and said):
+        said = message.get("reasoning_content") or (message.get("function_calls") or "").strip()
+        if message.get("role") in ("environment", "tool") or content.strip():
+            continue
+        if not (message.get("role") == "assistant" and said):
             return f"messages[{i}].content: empty"
     return None
 

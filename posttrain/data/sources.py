@@ -79,6 +79,8 @@ def read_source(
     if not callable(on_bad_row) and on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     label, rows, locate = load_rows(spec)
+    if spec.streaming:  # a hub stream was cut as it was read; a local file is cut here, as the SFT cache cuts it
+        rows = rows[:spec.count]
     rows = rename_columns(rows, spec.columns, label)
     report = SourceReport(source=label, read=len(rows))
     valid = []
@@ -318,8 +320,6 @@ def open_hub(spec: DatasetSpec):
 def load_hub(spec: DatasetSpec) -> tuple[str, list[dict], Callable[[int], str]]:
     """Rows of a hub dataset (needs network, or the datasets cache with HF_HUB_OFFLINE=1)."""
     label = hub_label(spec)
-    if spec.streaming and spec.count is None:
-        raise DataError(f"{label}: streaming: a streamed source needs `count` (the rows to take from the stream)")
     dataset = open_hub(spec)
     try:
         rows = list(dataset.take(spec.count)) if spec.streaming else dataset.to_list()

@@ -45,7 +45,8 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -63,6 +64,7 @@ KEPT, BAD, OVERLONG, NO_TARGET = 0, 1, 2, 3  # status of a source row
 BATCH_ROWS = 1000  # rows per tokenizer call (and per map batch)
 MIN_ROWS_PER_PROCESS = 500  # a small source is not worth starting processes for
 MAX_PROCESSES = 16
+STOP_FILE = ".bad-row"  # in the build directory: [row, problem] of the bad row that stopped the build
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Transform:
     adapt: Optional[RowAdapter] = None
     stop_at_bad_row: bool = False  # data.on_bad_row: error: the build stops at the first one (not in the key:
     # a store is only ever written whole, and with this set only when the source has no bad row)
+    stop_file: Optional[str] = None  # where a process that met a bad row says so, for the others to stop too
 
     def identity(self) -> dict:
         return {"version": TRANSFORM_VERSION, "tokenizer": tokenizer_digest(self.tokenizer),
@@ -90,7 +93,9 @@ def tokenizer_digest(tokenizer) -> str:
     """sha256 of the tokenizer's content: tokenizer.json for a fast tokenizer, else class and vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        text = backend.to_str()
+        content = json.loads(backend.to_str())
+        content.pop("truncation", None), content.pop("padding", None)  # settings a call left behind, not content
+        text = json.dumps(content, sort_keys=True)
     else:
         text = type(tokenizer).__name__ + json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -146,13 +151,27 @@ class TokenStore:
         self.directory = directory
         self.report = json.loads((directory / "report.json").read_text())
         self.key, self.label, self.rows = self.report["key"], self.report["label"], self.report["rows"]
+        self.content = self.report.get("content", self.key)  # sha256 of every row's length, tokens and mask
         self.offsets = np.load(directory / "offsets.npy", mmap_mode="r")
-        self.status = np.load(directory / "status.npy")
-        self.truncated = np.load(directory / "truncated.npy")
-        self.targets = np.load(directory / "targets.npy")
-        self.lengths = np.diff(self.offsets).astype(np.int64)  # 0 where the row was not kept
         self.tokens = _memmap(directory / "tokens.bin", np.int32)
         self.mask = _memmap(directory / "mask.bin", np.uint8)
+
+    # the per-row arrays the driver's mixture reads; a learner rank reading its micro-batches needs only the above
+    @cached_property
+    def status(self) -> np.ndarray:
+        return np.load(self.directory / "status.npy")
+
+    @cached_property
+    def truncated(self) -> np.ndarray:
+        return np.load(self.directory / "truncated.npy")
+
+    @cached_property
+    def targets(self) -> np.ndarray:
+        return np.load(self.directory / "targets.npy")
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets).astype(np.int64)  # 0 where the row was not kept
 
     @property
     def problems(self) -> list[tuple[int, str]]:
@@ -175,9 +194,6 @@ def _memmap(path: Path, dtype) -> np.ndarray:
 
 def open_store(spec: DatasetSpec, transform: Transform, root: Path, num_proc: Optional[int] = None) -> TokenStore:
     """The source's store: from the cache when its key is there, else tokenised now (and cached)."""
-    if spec.streaming and spec.fraction is not None:
-        raise DataError(f"{spec.path}: fraction: a streamed source (streaming: true) cannot be sampled by "
-                        "fraction; give count")
     key = cache_key(spec, transform)
     directory = root / key
     if (directory / "report.json").exists():
@@ -207,8 +223,8 @@ def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc
         check_columns(columns, present, label)
     writer = StoreWriter(out)
     if spec.streaming:
-        stream = dataset.take(spec.count) if spec.count is not None else dataset
-        print(f"[data] {label}: tokenising a stream ({spec.count or 'all'} rows) with 1 process")
+        stream = dataset.take(spec.count)  # the schema requires count with streaming
+        print(f"[data] {label}: tokenising a stream ({spec.count} rows) with 1 process")
         try:
             for batch in stream.iter(batch_size=BATCH_ROWS):
                 writer.add(encode_batch(batch, range(writer.rows, writer.rows + len(next(iter(batch.values())))),
@@ -219,14 +235,17 @@ def build(spec: DatasetSpec, transform: Transform, key: str, out: Path, num_proc
         processes = min(num_proc or min(os.cpu_count() or 1, MAX_PROCESSES),
                         max(1, len(dataset) // MIN_ROWS_PER_PROCESS))
         print(f"[data] {label}: tokenising {len(dataset)} rows with {processes} processes")
+        stop = out / STOP_FILE
         try:
             mapped = dataset.map(
                 encode_batch, batched=True, with_indices=True, batch_size=BATCH_ROWS,
-                fn_kwargs={"transform": transform, "columns": columns}, remove_columns=present,
-                num_proc=processes if processes > 1 else None, cache_file_name=str(out / "map.arrow"),
-                load_from_cache_file=False, new_fingerprint=key, desc=f"tokenising {label}")
-        except BadRow as bad:  # data.on_bad_row: error: stop at the first, not after the whole source
-            raise DataError(f"{locate(bad.index)}: {bad.problem}") from None
+                fn_kwargs={"transform": replace(transform, stop_file=str(stop)), "columns": columns},
+                remove_columns=present, num_proc=processes if processes > 1 else None,
+                cache_file_name=str(out / "map.arrow"), load_from_cache_file=False, new_fingerprint=key,
+                desc=f"tokenising {label}")
+        except (BadRow, Stopped) as err:  # data.on_bad_row: error: stop at the first, not after the whole source
+            index, problem = json.loads(stop.read_text()) if stop.exists() else (err.index, err.problem)
+            raise DataError(f"{locate(index)}: {problem}") from None
         for table in mapped.with_format("arrow").iter(batch_size=10 * BATCH_ROWS):
             writer.add(table)
         del mapped
@@ -244,6 +263,10 @@ class BadRow(ValueError):
         self.index, self.problem = index, problem
 
 
+class Stopped(BadRow):
+    """Raised by a tokenising process that finds another one's bad row in the stop file: it stops too."""
+
+
 class StoreWriter:
     """Appends encoded batches to the flat files, then writes the per-row arrays and report.json."""
 
@@ -252,13 +275,18 @@ class StoreWriter:
         self.tokens = (out / "tokens.bin").open("wb")
         self.mask = (out / "mask.bin").open("wb")
         self.parts: dict[str, list[np.ndarray]] = {"length": [], "status": [], "truncated": [], "targets": []}
+        self.content = hashlib.sha256()  # of what training reads: a fingerprint that survives a re-tokenise
         self.problems: list[tuple[int, str]] = []
         self.rows = 0
 
     def add(self, table) -> None:
         """One encoded batch (a pyarrow table with `encode_batch`'s columns)."""
-        self.tokens.write(_flat(table.column("ids"), np.int32).tobytes())
-        self.mask.write(_flat(table.column("mask"), np.uint8).tobytes())
+        tokens, mask = _flat(table.column("ids"), np.int32).tobytes(), _flat(table.column("mask"), np.uint8).tobytes()
+        self.tokens.write(tokens)
+        self.mask.write(mask)
+        self.content.update(table.column("length").to_numpy().astype(np.int64).tobytes())
+        self.content.update(tokens)
+        self.content.update(mask)
         for name in self.parts:
             self.parts[name].append(table.column(name).to_numpy())
         for i, problem in enumerate(table.column("problem").to_pylist()):
@@ -276,7 +304,8 @@ class StoreWriter:
         np.save(self.out / "status.npy", arrays["status"].astype(np.int8))
         np.save(self.out / "truncated.npy", arrays["truncated"].astype(np.uint8))
         np.save(self.out / "targets.npy", arrays["targets"].astype(np.int32))
-        report.update(rows=self.rows, problems=[(i, f"{locate(i)}: {p}") for i, p in self.problems])
+        report.update(rows=self.rows, content=self.content.hexdigest()[:24],
+                      problems=[(i, f"{locate(i)}: {p}") for i, p in self.problems])
         (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
 
 
@@ -293,6 +322,8 @@ def encode_batch(batch: dict[str, list], indices, transform: Transform, columns:
     """A batch of source rows ({column: values}) -> ids, mask, length, status, truncated, targets, problem (pyarrow table)."""
     import pyarrow as pa
 
+    if transform.stop_file and os.path.exists(transform.stop_file):
+        raise Stopped(-1, "another process met a bad row")
     names = [columns.get(name, name) for name in batch]
     rows = [dict(zip(names, values)) for values in zip(*batch.values())]  # the dicts `Dataset.to_list()` gives
     problems: list[Optional[str]] = [None] * len(rows)
@@ -309,6 +340,8 @@ def encode_batch(batch: dict[str, list], indices, transform: Transform, columns:
         except (RowProblem, ChatFormatError) as err:
             problems[i] = str(err)
         if problems[i] is not None and transform.stop_at_bad_row:
+            if transform.stop_file:  # the other processes see it at their next batch
+                Path(transform.stop_file).write_text(json.dumps([int(indices[i]), problems[i]]))
             raise BadRow(int(indices[i]), problems[i])
     ids, mask, lengths = tokenize_masked(transform.tokenizer, texts, spans, transform.train_on_think)
     n = len(rows)

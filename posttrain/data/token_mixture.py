@@ -154,8 +154,12 @@ class CachedMixture:
                 "no_target_dropped": int((status == NO_TARGET).sum())}
 
     def fingerprint(self) -> str:
-        """sha256 over the stores' keys and the selected (store, row) arrays, in order (16 hex digits)."""
-        digest = hashlib.sha256("|".join(store.key for store in self.stores).encode())
+        """sha256 over the stores' contents and the selected (store, row) arrays, in order (16 hex digits).
+
+        Contents, not cache keys: a source touched or copied (a new key) or re-tokenised after an edit
+        of the code gives the same fingerprint when it gives the same tokens, so `--resume` accepts it.
+        """
+        digest = hashlib.sha256("|".join(store.content for store in self.stores).encode())
         digest.update(np.ascontiguousarray(self.store_ids, dtype=np.int32).tobytes())
         digest.update(np.ascontiguousarray(self.row_ids, dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]

@@ -75,9 +75,14 @@ def summarize(groups: Sequence[Group], prefix: str = "eval/") -> dict[str, float
     """
     by_verifier: dict[str, list[float]] = defaultdict(list)
     for group in groups:
-        full = full_score(group.prompt.verifier)
-        by_verifier[group.verifier_name].extend(r / full for r in group.rewards)
+        by_verifier[group.verifier_name].extend(score_fractions(group))
     return pass_rates(by_verifier, prefix)
+
+
+def score_fractions(group: Group) -> list[float]:
+    """Each response's reward as a fraction of the prompt's full score (1 for a prompt of one verifier)."""
+    full = full_score(group.prompt.verifier)
+    return [r / full for r in group.rewards]
 
 
 def _pass(scores: Sequence[float]) -> float:

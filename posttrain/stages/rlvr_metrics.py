@@ -31,7 +31,7 @@ from typing import Sequence
 
 from posttrain.data.chat import is_well_formed
 from posttrain.data.rlvr import Group
-from posttrain.eval.heldout import PASS
+from posttrain.eval.heldout import PASS, score_fractions
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -46,9 +46,11 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
     """Rewards, pass rates, filtering, lengths, shape (with `style`) and staleness of a step's groups (all of them,
     kept or not)."""
     by_verifier: dict[str, list[float]] = defaultdict(list)
+    passes: dict[str, list[bool]] = defaultdict(list)  # every verifier of the row passed
     lengths, truncated, staleness = [], [], []
     for group in groups:
         by_verifier[group.verifier_name].extend(group.rewards)
+        passes[group.verifier_name].extend(f >= PASS for f in score_fractions(group))
         lengths.extend(len(r) for r in group.response_ids)
         truncated.extend(group.truncated)
     for group, keep in zip(groups, kept):
@@ -56,10 +58,10 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
             staleness.extend([step - group.version] * len(group.rewards))
     rewards = [r for values in by_verifier.values() for r in values]
     out = dict(zip(("reward/mean", "reward/std"), _mean_std(rewards)))
-    out["pass_rate"] = sum(r >= PASS for r in rewards) / max(len(rewards), 1)
+    out["pass_rate"] = sum(sum(p) for p in passes.values()) / max(len(rewards), 1)
     for name, values in sorted(by_verifier.items()):
         out[f"reward/mean/{name}"], out[f"reward/std/{name}"] = _mean_std(values)
-        out[f"pass_rate/{name}"] = sum(r >= PASS for r in values) / len(values)
+        out[f"pass_rate/{name}"] = sum(passes[name]) / len(values)
     out.update({
         "groups/filtered_frac": 1.0 - sum(kept) / max(len(groups), 1),
         "groups/drawn": drawn,

@@ -191,9 +191,27 @@ def test_a_bad_row_fails_naming_file_line_and_field(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"train.jsonl:4: messages\[1\].role: unknown role 'bot'"):
         D.load_split(config, tokenizer, "train")
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]  # stopped: nothing cached
-    path.write_text(json.dumps(BAD[1]) + "\n" + "".join(json.dumps(row) + "\n" for row in ROWS) * 50)
+
+
+def test_a_bad_row_stops_every_tokenising_process(tmp_path, tokenizer, monkeypatch):
+    """With two processes the one that meets the bad row stops the other at its next batch, not at its shard's end."""
+    calls = tmp_path / "calls"
+    encode = TC.encode_batch
+
+    def counted(*args, **kwargs):
+        with calls.open("a") as handle:  # the processes are forked: a file counts across them
+            handle.write("x")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(TC, "BATCH_ROWS", 20)
+    monkeypatch.setattr(TC, "MIN_ROWS_PER_PROCESS", 1)
+    monkeypatch.setattr(TC, "encode_batch", counted)
+    rows = ROWS * 24  # 864 rows: 22 batches per process
+    path = write(tmp_path / "train.jsonl", [BAD[1], *rows[1:]])
+    config = recipe(tmp_path, [{"path": path}], num_proc=2)
     with pytest.raises(DataError, match=r"train.jsonl:1: messages\[1\].role: unknown role 'bot'"):
-        D.load_split(config, tokenizer, "train")  # the first batch stops the build
+        D.load_split(config, tokenizer, "train")
+    assert len(calls.read_text()) < 2 * 5  # of 44 batches in all
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path, tokenizer):
@@ -229,7 +247,7 @@ def test_a_streamed_source_takes_its_first_count_rows(tmp_path, tokenizer, suffi
     examples, report = D.load_split(config, tokenizer, "train")
     want = [D.tokenize_row(tokenizer, row["messages"], True) for row in ROWS[:9]]
     assert [dict(e) for e in examples] == want and report.rows == 9
-    with pytest.raises(RecipeError, match="streaming: a streamed source is cut by count"):
+    with pytest.raises(RecipeError, match="streaming: a streamed source needs count"):
         recipe(tmp_path, [{"path": str(path), "streaming": True, "fraction": 0.5}])
 
 
