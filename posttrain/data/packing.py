@@ -182,18 +182,21 @@ def pack_examples(
     the order the strategy opened them; shuffle them for training.
     """
     lengths = _checked_lengths(examples, max_length)
-    rows = []
-    for indices in PACKING_STRATEGIES.get(strategy)(lengths, max_length):
-        input_ids: list[int] = []
-        labels: list[int] = []
-        position_ids: list[int] = []
-        for i in indices:
-            input_ids.extend(examples[i]["input_ids"])
-            labels.append(IGNORE_INDEX)  # nothing in this document predicts its first token
-            labels.extend(examples[i]["labels"][1:])
-            position_ids.extend(range(lengths[i]))
-        rows.append(PackedSequence(input_ids, labels, position_ids, [lengths[i] for i in indices], list(indices)))
-    return rows
+    return [pack_documents([examples[i] for i in indices], indices)
+            for indices in PACKING_STRATEGIES.get(strategy)(lengths, max_length)]
+
+
+def pack_documents(documents: Sequence[Mapping[str, Sequence[int]]], indices: Sequence[int]) -> PackedSequence:
+    """One packed row: `documents` ({"input_ids", "labels"}) back to back; `indices` name them in the row."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for doc in documents:
+        input_ids.extend(doc["input_ids"])
+        labels.append(IGNORE_INDEX)  # nothing in this document predicts its first token
+        labels.extend(doc["labels"][1:])
+        position_ids.extend(range(len(doc["input_ids"])))
+    return PackedSequence(input_ids, labels, position_ids, [len(d["input_ids"]) for d in documents], list(indices))
 
 
 def collate_packed(rows: Sequence[PackedSequence], *, pad_token_id: int, pad_to: int | None = None) -> SFTBatch:

@@ -130,24 +130,32 @@ def draw_key(spec: DatasetSpec) -> str:
 
 def sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
     """`n` rows: whole copies while n exceeds the rows, then a seeded sample without replacement, in file order."""
-    if not rows:
+    return [dict(rows[i]) for i in sample_positions(len(rows), n, rng)]  # copies: a repeat is its own row
+
+
+def sample_positions(size: int, n: int, rng: random.Random) -> list[int]:
+    """Which of `size` rows `n` draws take, as positions: every row per whole copy, then a seeded sample in order."""
+    if not size:
         return []
-    copies, rest = divmod(n, len(rows))
-    picked = sorted(rng.sample(range(len(rows)), rest))
-    return [dict(row) for row in rows * copies] + [dict(rows[i]) for i in picked]  # copies: a repeat is its own row
+    copies, rest = divmod(n, size)
+    return list(range(size)) * copies + sorted(rng.sample(range(size), rest))
 
 
 def rename_columns(rows: list[dict], columns: dict[str, str], label: str) -> list[dict]:
     """Apply `{source_name: expected_name}`; a source column that is absent fails naming the columns present."""
     if not columns or not rows:
         return rows
-    present = set(rows[0])
+    check_columns(columns, list(rows[0]), label)
+    return [{columns.get(key, key): value for key, value in row.items()} for row in rows]
+
+
+def check_columns(columns: dict[str, str], present: list[str], label: str) -> None:
+    """`{source_name: expected_name}` must rename columns that exist, without overwriting others."""
     for src, dst in columns.items():
         if src not in present:
             raise DataError(f"{label}: columns: no column {src!r} to rename to {dst!r} (columns: {', '.join(sorted(present))})")
         if dst in present and dst not in columns:
             raise DataError(f"{label}: columns: renaming {src!r} to {dst!r} would overwrite the existing column {dst!r}")
-    return [{columns.get(key, key): value for key, value in row.items()} for row in rows]
 
 
 # --------------------------------------------------------------------------
@@ -254,17 +262,15 @@ def _unreadable(files: list[Path], err: Exception) -> str:
 
 
 def source_identity(spec: DatasetSpec) -> dict:
-    """What pins a source's content, for caches and the manifest.
+    """What pins a source's content, for the token cache's key.
 
     A local file (or every file of a directory split or shard pattern): its
     name, size and modification time (content hashing would read every byte
     of a multi-GB source on each run). A hub dataset: its name, config, split
     and the commit its `revision` resolves to (`resolve_revision`).
     """
-    if _is_local(spec.path):
-        path = Path(spec.path).expanduser()
-        if path.is_dir():
-            path = split_file(path, spec.split)
+    path = local_path(spec)
+    if path is not None:
         files = sorted(path.parent.glob(path.name)) if "*" in path.name else [path]
         if files and files[0].is_dir():  # a save_to_disk folder
             files = sorted(f for f in files[0].rglob("*") if f.is_file())

@@ -24,14 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
-from posttrain.data.batches import IGNORE_INDEX, SFTBatch
-from posttrain.data.packing import PackedSequence, collate_packed, collate_padded
+from posttrain.data.batches import SFTBatch
+from posttrain.data.packing import collate_packed, collate_padded, pack_documents
 from posttrain.data.token_cache import TokenStore
 from posttrain.data.token_mixture import Examples, PackedRows
 
 
 @lru_cache(maxsize=64)
-def open_store(directory: str) -> TokenStore:
+def mapped_store(directory: str) -> TokenStore:
     """A store memory-mapped once per process (a learner reads from it every step)."""
     return TokenStore(Path(directory))
 
@@ -49,27 +49,13 @@ class StoredBatch:
     loss: int  # tokens carrying loss (position 0 of each document excluded)
 
     def materialize(self) -> SFTBatch:
-        examples = [[open_store(self.stores[s]).example(r) for s, r in row] for row in self.rows]
+        examples = [[mapped_store(self.stores[s]).example(r) for s, r in row] for row in self.rows]
         if self.packed:
-            return collate_packed([pack(docs) for docs in examples], pad_token_id=self.pad_token_id)
+            return collate_packed([pack_documents(docs, range(len(docs))) for docs in examples], pad_token_id=self.pad_token_id)
         return collate_padded([docs[0] for docs in examples], pad_token_id=self.pad_token_id)
 
     def to(self, device) -> SFTBatch:
         return self.materialize().to(device)
-
-
-def pack(documents: Sequence[dict]) -> PackedSequence:
-    """Documents back to back, as `posttrain.data.packing.pack_examples` lays them out."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for doc in documents:
-        input_ids.extend(doc["input_ids"])
-        labels.append(IGNORE_INDEX)  # nothing in this document predicts its first token
-        labels.extend(doc["labels"][1:])
-        positions.extend(range(len(doc["input_ids"])))
-    return PackedSequence(input_ids, labels, positions, [len(d["input_ids"]) for d in documents],
-                          list(range(len(documents))))
 
 
 def stored_batch(rows: PackedRows | Examples, indices: Sequence[int], pad_token_id: int) -> StoredBatch:

@@ -57,7 +57,8 @@ from posttrain.config import DataSection, DatasetSpec
 from posttrain.data.batches import IGNORE_INDEX
 from posttrain.data.chat import ChatFormatError, render_with_spans, think_spans
 from posttrain.data.sources import (EXAMPLES_KEPT, FORMATS, DataError, RowAdapter, RowProblem, RowValidator,
-                                    _json_lines, _unreadable, hub_label, local_path, open_hub, source_identity)
+                                    _json_lines, _unreadable, check_columns, hub_label, local_path, open_hub,
+                                    source_identity)
 
 TRANSFORM_VERSION = 1  # bump when encode_batch's output changes for the same inputs
 KEPT, BAD, OVERLONG, NO_TARGET = 0, 1, 2, 3  # status of a source row
@@ -464,16 +465,6 @@ def open_source(spec: DatasetSpec):
         return f"{path}:{numbers[i]}" if numbers is not None and i < len(numbers) else f"{path}:row {i + 1}"
 
     return str(path), dataset, locate
-
-
-def check_columns(columns: dict[str, str], present: list[str], label: str) -> None:
-    """`{source_name: expected_name}` must rename existing columns without overwriting others (as read_source)."""
-    for src, dst in columns.items():
-        if src not in present:
-            raise DataError(f"{label}: columns: no column {src!r} to rename to {dst!r} "
-                            f"(columns: {', '.join(sorted(present))})")
-        if dst in present and dst not in columns:
-            raise DataError(f"{label}: columns: renaming {src!r} to {dst!r} would overwrite the existing column {dst!r}")
 
 
 def bad_row_examples(store: TokenStore) -> list[str]:

@@ -30,9 +30,8 @@ from typing import Optional
 import numpy as np
 
 from posttrain.config import DataSection, DatasetSpec
-from posttrain.data.batches import IGNORE_INDEX
-from posttrain.data.packing import PACKING_STRATEGIES, PackedSequence
-from posttrain.data.sources import DataError, SourceReport, draw_key, wanted
+from posttrain.data.packing import PACKING_STRATEGIES, PackedSequence, pack_documents
+from posttrain.data.sources import DataError, SourceReport, draw_key, sample_positions, wanted
 from posttrain.data.token_cache import BAD, KEPT, NO_TARGET, OVERLONG, TokenStore, Transform, bad_row_examples, \
     cache_root, open_store
 
@@ -44,11 +43,7 @@ class Examples(Sequence):
         self.stores, self.store_ids, self.row_ids = stores, store_ids, row_ids  # (N,) int32, (N,) int64
 
     def _per_row(self, name: str) -> np.ndarray:
-        out = np.zeros(len(self.row_ids), dtype=np.int64)
-        for s, store in enumerate(self.stores):
-            where = self.store_ids == s
-            out[where] = getattr(store, name)[self.row_ids[where]]
-        return out
+        return gather(self.stores, self.store_ids, self.row_ids, name, np.int64)
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -83,18 +78,7 @@ class PackedRows(Sequence):
             raise IndexError(r)
         r %= len(self)
         indices = self.members[self.starts[r]:self.starts[r + 1]].tolist()
-        input_ids: list[int] = []
-        labels: list[int] = []
-        position_ids: list[int] = []
-        lengths = []
-        for i in indices:  # as posttrain.data.packing.pack_examples
-            example = self.examples[i]
-            input_ids.extend(example["input_ids"])
-            labels.append(IGNORE_INDEX)  # nothing in this document predicts its first token
-            labels.extend(example["labels"][1:])
-            position_ids.extend(range(len(example["input_ids"])))
-            lengths.append(len(example["input_ids"]))
-        return PackedSequence(input_ids, labels, position_ids, lengths, indices)
+        return pack_documents([self.examples[i] for i in indices], indices)
 
 
 def pack_rows(examples: Examples, max_length: int, strategy: str = "best_fit_decreasing") -> PackedRows:
@@ -124,18 +108,10 @@ class CachedMixture:
 
     def status(self) -> np.ndarray:
         """(R,) KEPT, OVERLONG or NO_TARGET of each mixed row."""
-        out = np.zeros(len(self), dtype=np.int8)
-        for s, store in enumerate(self.stores):
-            where = self.store_ids == s
-            out[where] = store.status[self.row_ids[where]]
-        return out
+        return gather(self.stores, self.store_ids, self.row_ids, "status", np.int8)
 
     def truncated(self) -> np.ndarray:
-        out = np.zeros(len(self), dtype=bool)
-        for s, store in enumerate(self.stores):
-            where = self.store_ids == s
-            out[where] = store.truncated[self.row_ids[where]] != 0
-        return out
+        return gather(self.stores, self.store_ids, self.row_ids, "truncated", np.uint8) != 0
 
     def examples(self) -> Examples:
         kept = self.status() == KEPT
@@ -165,13 +141,18 @@ class CachedMixture:
         return digest.hexdigest()[:16]
 
 
+def gather(stores: list[TokenStore], store_ids: np.ndarray, row_ids: np.ndarray, name: str, dtype) -> np.ndarray:
+    """A per-row array of the stores (`lengths`, `status`, ...) at the mixture's (store, row) pairs, in order."""
+    out = np.zeros(len(row_ids), dtype=dtype)
+    for s, store in enumerate(stores):
+        where = store_ids == s
+        out[where] = getattr(store, name)[row_ids[where]]
+    return out
+
+
 def sample_indices(valid: np.ndarray, n: int, rng: random.Random) -> np.ndarray:
     """`sources.sample` over an index array: whole copies, then a seeded sample without replacement in file order."""
-    if not len(valid):
-        return valid
-    copies, rest = divmod(n, len(valid))
-    picked = sorted(rng.sample(range(len(valid)), rest))
-    return np.concatenate([np.tile(valid, copies), valid[np.array(picked, dtype=np.int64)]])
+    return valid[np.asarray(sample_positions(len(valid), n, rng), dtype=np.int64)]
 
 
 def select(store: TokenStore, spec: DatasetSpec, *, seed: int, on_bad_row: str) -> tuple[np.ndarray, SourceReport]:

@@ -21,7 +21,7 @@ from posttrain.data import token_cache as TC
 from posttrain.data.chat import think_content
 from posttrain.data.packing import pack_examples
 from posttrain.data.sources import DataError
-from posttrain.data.stored_batches import StoredBatch, open_store
+from posttrain.data.stored_batches import StoredBatch, mapped_store
 from posttrain.tiny.tokenizer import train_tokenizer
 
 
@@ -269,7 +269,7 @@ def test_stored_batches_read_on_a_rank_equal_the_driver_collated_ones(packing, t
                 if isinstance(mine, StoredBatch):
                     shipped = pickle.loads(pickle.dumps(mine))  # what Ray sends: indices, not tokens
                     assert len(pickle.dumps(mine)) < 4096
-                    open_store.cache_clear()  # as a fresh learner process
+                    mapped_store.cache_clear()  # as a fresh learner process
                     mine = shipped.to("cpu")
                 for name in ("input_ids", "labels", "position_ids", "attention_mask", "row_lengths"):
                     a, b = getattr(mine, name), getattr(theirs, name)
