@@ -28,6 +28,7 @@ for _name, _module in {
     "plan": "posttrain.commands.plan",
     "report": "posttrain.commands.report",
     "data": "posttrain.commands.data",
+    "eval": "posttrain.commands.eval",
 }.items():
     COMMANDS.register(_name, _module)
 

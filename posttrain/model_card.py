@@ -3,7 +3,9 @@
 It states what the checkpoint is (variant, last stage), where it came from
 (every stage back to the base model: input checkpoint and its hash, recipe
 hash and key settings, data fingerprints, git commit, wall time), its final
-metrics, and how to load it in `transformers` and vLLM. Everything comes
+metrics, the tables of benchmark suites run on it (`posttrain eval` into
+its stage's `eval/<suite>/`, as `posttrain pipeline --eval-suite` does), and
+how to load it in `transformers` and vLLM. Everything comes
 from the manifests (`posttrain.lineage`), so the card can be regenerated at
 any time; it is left out of the checkpoint's content hash.
 """
@@ -88,6 +90,7 @@ def render(checkpoint: str | Path, lineage: Ancestry | None = None) -> str:
         "",
         *metrics_table(lineage.steps),
         "",
+        *benchmark_lines(checkpoint, last),
         "## Lineage",
         "",
         *lineage_table(lineage),
@@ -144,6 +147,20 @@ def metrics_table(steps: tuple[Step, ...]) -> list[str]:
     for key in keys:
         cells = [format_value((s.manifest.get("metrics") or {}).get(key, "")) for s in steps]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def benchmark_lines(checkpoint: Path, step: Step) -> list[str]:
+    """The benchmark suites run on this checkpoint (`posttrain eval` into its stage's eval/<suite>/), as tables."""
+    from posttrain.eval.results import EVAL_DIR, find_results, markdown
+
+    found = find_results(checkpoint.parent / EVAL_DIR, step.manifest.get("content_hash"))
+    if not found:
+        return []
+    lines = ["## Benchmarks", "", "Evaluated with `posttrain eval` (every response is in the per-task JSONL beside "
+             "results.json):", ""]
+    for content in found:
+        lines += ["#" + markdown(content), ""]  # one level below the card's sections
     return lines
 
 

@@ -31,8 +31,15 @@ anywhere (`--tiny DIR`). Paths elsewhere, and hub names, are left alone.
 Per-stage overrides. `key=value` applies to every stage; `STAGE:key=value`
 (e.g. `rlvr:grpo.steps=20`) to one stage only.
 
+Benchmark suites. With `suite_eval` (the CLI's `--eval-suite NAME`), each
+stage's checkpoint is evaluated right after the stage (run, skipped or kept)
+on that suite by `posttrain.eval.runner.evaluate`, into
+`RUN_DIR/<stage>/eval/<suite>/` (results.json, <suite>.md, per-task JSONL, the
+response cache, so an unchanged checkpoint only scores again). The suite is
+resolved before the first stage starts, so an unknown name fails at once.
+
 After each stage the runner writes a model card (README.md) into its
-checkpoint, and at the end `RUN_DIR/pipeline.json`: what ran, what was
+checkpoint (with the suite's table when evaluated), and at the end `RUN_DIR/pipeline.json`: what ran, what was
 skipped and why, wall times and checkpoint paths (read by `posttrain report`).
 """
 
@@ -51,6 +58,7 @@ from posttrain.checkpoints import (
     EXPORT_DIR, MANIFEST, checkpoint_hash, data_source_fingerprints, is_complete_export, read_json, write_json_atomic,
 )
 from posttrain.config import RecipeError, StageConfig, load_recipe, to_dict
+from posttrain.eval.results import EVAL_DIR
 from posttrain.registry import Registry
 from posttrain.stages import CHAIN, driver
 
@@ -61,6 +69,36 @@ TINY_ROOT = Path("runs/tiny")  # where the tiny recipes expect the tiny default
 NOT_RESULT_KEYS = ("model.path", "output.dir", "logging")
 
 Driver = Callable[[StageConfig], Path]  # runs one stage from its resolved config; returns its output dir
+
+
+@dataclass(frozen=True)
+class SuiteEval:
+    """What `--eval-suite` asks for after each stage (see `posttrain.eval.runner.evaluate`)."""
+
+    suite: str
+    limit: int | None = None  # the first N items of each task
+    engine: str = "vllm"
+    engines: int = 1  # engine actors on Ray; 0: one engine in the driver's process
+    overrides: tuple[str, ...] = ()  # task spec overrides (`sampling.n=2`, `TASK:key=value`, `rollout.key=value`)
+    tasks: tuple[str, ...] = ()  # only these tasks of the suite
+
+    def run(self, checkpoint: Path, out_dir: Path) -> dict:
+        from posttrain.eval.runner import evaluate
+
+        return evaluate(checkpoint, suite=self.suite, tasks=self.tasks, limit=self.limit, output=out_dir,
+                        overrides=self.overrides, engine=self.engine, engines=self.engines)
+
+    def check(self) -> None:
+        """Raise `PipelineError` now when the suite, its tasks or the overrides are not valid."""
+        from posttrain.eval.runner import EvalError, apply_overrides, resolve_tasks, split_overrides
+
+        try:
+            _, specs = resolve_tasks(self.suite, self.tasks)
+            per_task, _ = split_overrides(self.overrides, [s.name for s in specs])
+            for spec in specs:
+                apply_overrides(spec, per_task[spec.name])
+        except EvalError as err:
+            raise PipelineError(f"--eval-suite: {err}") from None
 
 
 class PipelineError(RuntimeError):
@@ -245,6 +283,7 @@ def run(
     relocations: Sequence[Relocation] = (),
     drivers: Registry[Driver] | None = None,
     eval_size: int | None = 0,
+    suite_eval: SuiteEval | None = None,
 ) -> Path:
     """Run the chain for `variant` (see the module docstring); returns the last stage's output directory.
 
@@ -253,6 +292,8 @@ def run(
     eval_size: runs the held-out suite of `posttrain.eval.heldout` on the input and on every stage's
         checkpoint, into RUN_DIR/eval.json: None on the whole held-out split, N > 0 on its first N RLVR
         prompts and DPO pairs, 0 not at all.
+    suite_eval: a benchmark suite run on each stage's checkpoint right after the stage, into
+        RUN_DIR/<stage>/eval/<suite>/ (None: none).
     """
     drivers = DRIVERS if drivers is None else drivers
     if start is not None and start not in CHAIN:
@@ -265,9 +306,15 @@ def run(
     for index, stage in enumerate(CHAIN):
         model_path = base if index == 0 else run_dir / CHAIN[index - 1] / EXPORT_DIR
         configs[stage] = stage_config(stage, recipes, variant, per_stage[stage], relocations, model_path, run_dir / stage)
+    if suite_eval is not None:
+        suite_eval.check()
     ray_was_up = _ray_is_up()
+    results = []
     try:
-        results = [run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers) for stage in CHAIN]
+        for stage in CHAIN:
+            results.append(run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers))
+            if suite_eval is not None:
+                evaluate_suite(run_dir / stage, suite_eval)
     finally:
         if not ray_was_up and _ray_is_up():
             sys.modules["ray"].shutdown()
@@ -279,7 +326,8 @@ def run(
             write_model_card(run_dir / stage / EXPORT_DIR)
     summary = {"variant": variant, "recipes": str(recipes), "base": str(base) if base is not None else None,
                "start": start, "overrides": list(overrides), "relocations": [[str(r.old), str(r.new)] for r in relocations],
-               "wall_s": round(time.time() - started, 3), "stages": [asdict(r) for r in results]}
+               "wall_s": round(time.time() - started, 3), "stages": [asdict(r) for r in results],
+               "eval_suite": asdict(suite_eval) if suite_eval is not None else None}
     write_json_atomic(run_dir / PIPELINE_FILE, summary)
     print(format_table(variant, run_dir, results, summary["wall_s"]))
     return run_dir / CHAIN[-1]
@@ -299,6 +347,16 @@ def evaluate_stages(run_dir: Path, variant: str, configs: dict[str, StageConfig]
     checkpoints = {"input": first} if Path(first).is_dir() else {}
     checkpoints.update({stage: Path(config.output.dir) / EXPORT_DIR for stage, config in configs.items()})
     return heldout.evaluate_chain(run_dir, checkpoints, suite)
+
+
+def evaluate_suite(out_dir: Path, suite_eval: SuiteEval) -> dict:
+    """The benchmark suite on OUT_DIR/checkpoint, into OUT_DIR/eval/<suite>/; the model card then shows its table."""
+    from posttrain.model_card import write_model_card
+
+    print(f"[pipeline eval {suite_eval.suite}] {out_dir / EXPORT_DIR}", flush=True)
+    content = suite_eval.run(out_dir / EXPORT_DIR, out_dir / EVAL_DIR / suite_eval.suite)
+    write_model_card(out_dir / EXPORT_DIR)
+    return content
 
 
 def decide(stage: str, start: str | None) -> str:

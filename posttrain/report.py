@@ -12,7 +12,9 @@ when the pipeline wrote them), or a directory of chains (`runs/demo/think`,
 Per chain: the stage table (ran or skipped, wall time, steps, checkpoint),
 the held-out metrics after each stage (the same suite on the input and on
 every stage's checkpoint, `posttrain.eval.heldout`: like the Olmo 3 SFT / DPO /
-final tables), each stage's own final held-out numbers, the curves, and the
+final tables), the benchmark suite's table after each stage when the pipeline
+ran one (`--eval-suite`, `posttrain.eval.results.suite_table`, with the
+released Olmo 3 numbers beside), each stage's own final held-out numbers, the curves, and the
 lineage (input checkpoint and hash, recipe hash, data fingerprints, git
 commit, package versions). The document is built once as a list of blocks and
 rendered twice, so the Markdown and the HTML say the same thing.
@@ -29,6 +31,7 @@ from typing import Sequence
 
 from posttrain.checkpoints import EXPORT_DIR, MANIFEST, read_json
 from posttrain.eval.heldout import EVAL_FILE, METRIC_LABELS
+from posttrain.eval.results import EVAL_DIR, find_results, suite_table
 from posttrain.lineage import HEADLINE_METRICS
 from posttrain.metrics import read_metrics
 from posttrain.pipeline import CHAIN, PIPELINE_FILE
@@ -137,6 +140,7 @@ def chain_blocks(chain: ChainRun, assets: Path) -> list[Block]:
     blocks: list[Block] = [Heading(2, f"{chain.name.capitalize()} chain ({chain.run_dir})")]
     blocks += stage_table(chain)
     blocks += eval_table(chain)
+    blocks += suite_tables(chain)
     blocks += own_metrics_table(chain)
     blocks += curve_blocks(chain, assets)
     blocks += lineage_blocks(chain)
@@ -186,6 +190,17 @@ def held_out(chain: ChainRun) -> Table | None:
     keys += sorted(k for k in present if k.startswith("pass@1/") and k not in METRIC_LABELS)
     rows = [[METRIC_LABELS.get(k, k)] + [fmt(results[c]["metrics"].get(k)) for c in columns] for k in keys]
     return Table(["metric"] + [STAGE_TITLES[c] for c in columns], rows)
+
+
+def suite_tables(chain: ChainRun) -> list[Block]:
+    """Benchmark suites run on a stage's checkpoint (`--eval-suite`: RUN_DIR/<stage>/eval/<suite>/results.json)."""
+    blocks: list[Block] = []
+    for s in chain.stages:
+        for content in find_results(s.out_dir / EVAL_DIR, s.manifest.get("content_hash")):
+            header, rows, note = suite_table(content)
+            blocks += [Heading(4, f"{content.get('suite') or 'tasks'} after {STAGE_TITLES[s.stage]}"), Para(note),
+                       Table(header, rows)]
+    return [Heading(3, "Benchmark suites after each stage (posttrain eval)"), *blocks] if blocks else []
 
 
 def own_metrics_table(chain: ChainRun) -> list[Block]:

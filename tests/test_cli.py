@@ -174,7 +174,7 @@ def test_pipeline_hands_its_arguments_over(with_drivers, tmp_path, capsys):
     assert code == 0 and out.strip() == f"instruct chain done: {tmp_path / 'rlvr'}"
     called = json.loads((tmp_path / "called.json").read_text())
     assert called == {"variant": "instruct", "recipes": "recipes/tiny/instruct", "base": "ckpt", "start": "dpo", "overrides": ["seed=3"],
-                      "options": ["eval_size", "relocations"]}
+                      "options": ["eval_size", "relocations", "suite_eval"]}
 
 
 def test_pipeline_rejects_an_unknown_variant(capsys):

@@ -383,3 +383,51 @@ def test_the_command_reports_pipeline_errors_with_exit_2(tiny, tmp_path, drivers
     assert code == 2 and "pipeline: --from: " in capsys.readouterr().err
     code = main(["pipeline", "--variant", "think", "--think-run", str(tmp_path), "--run-dir", str(tmp_path / "r")])
     assert code == 2 and "--think-run is for the instruct chain" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# A benchmark suite after each stage (--eval-suite)
+
+
+def test_eval_suite_evaluates_each_stage_and_the_cards_and_report_show_its_table(tiny, tmp_path, drivers, monkeypatch,
+                                                                                  capsys):
+    """The suite runs on each checkpoint right after its stage, into RUN_DIR/<stage>/eval/<suite>/ (a stand-in
+    evaluation here: the fake checkpoints hold no model); cards and report show the table, released numbers beside."""
+    from posttrain.eval import results as R
+    from posttrain.eval.runner import released_stage
+    from posttrain.eval.tasks import get_suite
+    from posttrain.report import write_report
+
+    seen = []
+
+    def fake_run(self, checkpoint, out_dir):
+        seen.append((Path(checkpoint), Path(out_dir), self.limit, self.overrides, sorted(p.name for p in tmp_path.joinpath("run").iterdir())))
+        run = {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "suite": self.suite,
+               "variant": "think", "stage": released_stage(Path(checkpoint), None)}
+        record = {"n": 2, "samples": 1, "primary": "pass@1", "unscored": 0,
+                  "metrics": {"pass@1": {"value": 0.5, "stderr": 0.5, "n": 2}}}
+        return R.write_all(Path(out_dir), run, {"humanevalplus": record}, get_suite(self.suite))
+
+    monkeypatch.setattr(P.SuiteEval, "run", fake_run)
+    monkeypatch.setattr(P, "DRIVERS", drivers)
+    run_dir = tmp_path / "run"
+    argv = ["pipeline", "--variant", "think", "--tiny", str(tiny), "--run-dir", str(run_dir), "--eval-size", "0",
+            "--eval-suite", "olmo3-think", "--eval-tasks", "humanevalplus", "--eval-limit", "2",
+            "eval:sampling.n=1", "eval:metrics=[pass@1]", "rlvr:grpo.steps=2"]
+    assert main(argv) == 0
+    assert [(c, o, limit, overrides) for c, o, limit, overrides, _ in seen] == [
+        (run_dir / s / EXPORT_DIR, run_dir / s / "eval" / "olmo3-think", 2, ("sampling.n=1", "metrics=[pass@1]"))
+        for s in P.CHAIN]
+    assert seen[0][4] == ["sft"]  # right after its stage: the next stage had not run yet
+    released = {"sft": "88.2", "dpo": "91.4", "rlvr": "89.9"}  # humanevalplus, Olmo 3 Think SFT / DPO / final
+    for stage, number in released.items():
+        card = (run_dir / stage / EXPORT_DIR / MODEL_CARD).read_text()
+        assert "## Benchmarks" in card and f"| humanevalplus | 2 | pass@1 | 50.0 ± 50.0 | {number} |" in card
+    report = write_report(run_dir).markdown.read_text()
+    assert "Benchmark suites after each stage" in report and "olmo3-think after RLVR (final)" in report
+    assert "| humanevalplus | 2 | pass@1 | 50.0 ± 50.0 | 89.9 |" in report
+    assert read_json(run_dir / P.PIPELINE_FILE)["eval_suite"]["suite"] == "olmo3-think"
+    # an unknown suite fails before any stage runs
+    assert main(["pipeline", "--variant", "think", "--tiny", str(tiny), "--run-dir", str(tmp_path / "r2"),
+                 "--eval-suite", "olmo3-thinking"]) == 2
+    assert "olmo3-instruct, olmo3-think" in capsys.readouterr().err and not (tmp_path / "r2").exists()

@@ -10,6 +10,12 @@ chain's SFT checkpoint (`--think-run DIR`, as in Olmo 3), or else the SFT
 recipe's `model.path`. A rerun skips the stages whose inputs are unchanged;
 `--from STAGE` reruns that stage and the ones after it. The chain lives in
 `posttrain.pipeline`.
+
+    posttrain pipeline --variant think --run-dir runs/think --eval-suite olmo3-think --eval-limit 20 eval:sampling.n=1
+
+evaluates each stage's checkpoint on a benchmark suite right after the stage
+(RUN_DIR/<stage>/eval/<suite>/); the model cards and `posttrain report` show
+its table.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from posttrain.stages import CHAIN
 HELP = "run SFT -> DPO -> RLVR for one variant (think or instruct), each stage reading the last one's checkpoint"
 VARIANTS = ("think", "instruct")
 DEFAULT_RECIPES = Path("recipes/tiny")
+EVAL_PREFIX = "eval:"  # overrides of the --eval-suite task specs, not of a stage's recipe
 
 
 def eval_size(text: str) -> int | None:
@@ -53,8 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-size", type=eval_size, default=None, metavar="all|N",
                         help="after the chain, score the input and every stage's checkpoint on the held-out RLVR prompts "
                              "and DPO pairs, into RUN_DIR/eval.json: all of them (default), the first N, or 0: none")
+    parser.add_argument("--eval-suite", metavar="NAME",
+                        help="after each stage, evaluate its checkpoint on this benchmark suite (olmo3-think, "
+                             "olmo3-instruct) into RUN_DIR/<stage>/eval/NAME/ (posttrain eval)")
+    parser.add_argument("--eval-tasks", default="", metavar="a,b", help="--eval-suite: only these of its tasks")
+    parser.add_argument("--eval-limit", type=int, metavar="N", help="--eval-suite: the first N items of each task")
+    parser.add_argument("--eval-engine", default="vllm", help="--eval-suite: rollout engine, vllm or hf")
+    parser.add_argument("--eval-engines", type=int, default=1, metavar="K",
+                        help="--eval-suite: engine actors on Ray (0: one engine in this process)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="recipe overrides for every stage (optim.lr=1e-5), or for one stage (rlvr:grpo.steps=20)")
+                        help="recipe overrides for every stage (optim.lr=1e-5), or for one stage (rlvr:grpo.steps=20); "
+                             "eval:key=value overrides the --eval-suite task specs (eval:sampling.n=2)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,15 +85,23 @@ def run(args: argparse.Namespace) -> int:
                 print("--think-run is for the instruct chain (its SFT starts from the Think SFT)", file=sys.stderr)
                 return 2
             base = pipeline.think_sft_checkpoint(args.think_run)
+        stage_overrides = tuple(o for o in args.overrides if not o.startswith(EVAL_PREFIX))
+        suite_eval = None
+        if args.eval_suite:
+            suite_eval = pipeline.SuiteEval(
+                suite=args.eval_suite, limit=args.eval_limit, engine=args.eval_engine, engines=args.eval_engines,
+                overrides=tuple(o[len(EVAL_PREFIX):] for o in args.overrides if o.startswith(EVAL_PREFIX)),
+                tasks=tuple(t.strip() for t in args.eval_tasks.split(",") if t.strip()))
         out = pipeline.run(
             variant=args.variant,
             recipes=recipes,
             base=base,
             run_dir=Path(args.run_dir),
             start=args.start,
-            overrides=tuple(args.overrides),
+            overrides=stage_overrides,
             relocations=relocations,
             eval_size=args.eval_size,
+            suite_eval=suite_eval,
         )
     except pipeline.PipelineError as err:
         print(f"pipeline: {err}", file=sys.stderr)
