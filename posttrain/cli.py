@@ -1,8 +1,10 @@
 """`posttrain` command line: one subcommand per module in posttrain/commands/.
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and
-`run(args) -> int` (the exit status). Modules are imported only when their
-command runs, so `posttrain recipe show` never pays for torch.
+`run(args) -> int` (the exit status); `INTERMIXED = True` lets its
+positionals come before and after its options (`eval CKPT --suite X key=value`).
+Modules are imported only when their command runs, so `posttrain recipe show`
+never pays for torch.
 """
 
 from __future__ import annotations
@@ -40,12 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(COMMANDS.get(name))
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(_module=module)
+        command.set_defaults(_module=module, _parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse takes positionals in one run: `eval CKPT --suite X key=value` leaves key=value over.
+        # A command that sets INTERMIXED takes positionals before and after its options.
+        if not getattr(args._module, "INTERMIXED", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = args._parser.parse_intermixed_args(argv[1:])
     return int(args._module.run(args) or 0)
 
 

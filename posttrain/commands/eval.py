@@ -17,6 +17,7 @@ import argparse
 import sys
 
 HELP = "evaluate a checkpoint on benchmark tasks (a suite such as olmo3-think, or named tasks)"
+INTERMIXED = True  # CKPT first, key=value overrides after the options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

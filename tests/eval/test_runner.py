@@ -177,9 +177,9 @@ def test_two_engine_actors_split_the_prompts(tiny_dir, tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_the_default_vllm_engine(tiny_dir, tmp_path):
-    content = eval_cli(tiny_dir / "base", tmp_path / "eval", "--tasks", "humaneval", "--limit", "3", "--engines", "0",
-                       *TINY_RUN)
-    assert content["engine"] == "vllm" and content["tasks"]["humaneval"]["generated"] == 3
+def test_the_defaults_vllm_in_one_engine_actor(tiny_dir, tmp_path):
+    content = eval_cli(tiny_dir / "base", tmp_path / "eval", "--tasks", "humaneval", "--limit", "3", *TINY_RUN)
+    assert (content["engine"], content["engines"], content["served"]) == ("vllm", 1, {"0": 3})
+    assert content["tasks"]["humaneval"]["generated"] == 3
     samples = lines(tmp_path / "eval" / "humaneval.jsonl")
     assert len(samples) == 6 and all(1 <= s["tokens"] <= 12 for s in samples)
