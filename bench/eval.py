@@ -11,14 +11,15 @@ each sample scored against the problem's check().
   output directory (nothing cached): vLLM engine (`--engine`), `--engines`
   engine actors on Ray, verifier sandboxes in parallel worker processes.
 - plain loop: transformers `generate` one prompt at a time (its samples as
-  `num_return_sequences`), then one `python -c` subprocess per sample and test
-  (program + check, unsandboxed), one after the other.
+  `num_return_sequences`, `--threads` torch threads), then one `python -c`
+  subprocess per sample and test (program + check, unsandboxed), one after
+  the other.
 
 Target: posttrain eval at least 5x faster. Wall times include model loading
 and start-up on both sides (for posttrain eval: Ray, the engine, the scoring
 pool).
 
-    python bench/eval.py [--limit 164] [--samples 4] [--max-tokens 64] [--engine vllm] [--engines 1]
+    python bench/eval.py [--limit 164] [--samples 4] [--max-tokens 64] [--engine vllm] [--engines 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def plain_loop(checkpoint: Path, args: argparse.Namespace) -> tuple[float, float
     from posttrain.eval.tasks import get_task
     from rewards.code import extract_program
 
+    torch.set_num_threads(args.threads)
     began = time.perf_counter()
     task = get_task("humaneval")
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="most tokens per response")
     parser.add_argument("--engine", default="vllm", help="posttrain eval's engine: vllm or hf")
     parser.add_argument("--engines", type=int, default=1, help="posttrain eval's engine actors (0: in its process)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the plain loop's torch threads (1: as one engine actor, cpus_per_engine=1; two threads "
+                             "on 2 busy cores measured 30x slower per generate call than one)")
     parser.add_argument("--checkpoint", type=Path, help="default: the tiny default's base checkpoint")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
