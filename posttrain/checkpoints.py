@@ -247,6 +247,33 @@ def build_manifest(
     }
 
 
+def resolve_revision(spec) -> str:
+    """The commit a hub source's `revision` (default: the main branch) points at now (`spec`: a DatasetSpec).
+
+    Asked of the hub; offline (HF_HUB_OFFLINE=1 or no network) the commit the
+    local datasets cache holds, and failing that the revision as written,
+    marked `unresolved:` so a manifest shows that it was not pinned.
+    """
+    wanted = spec.revision or "main"
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(spec.path, revision=wanted).sha
+    except Exception:  # offline, unknown dataset or no permission: fall through to the local cache
+        pass
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_type == "dataset" and repo.repo_id == spec.path:
+                for revision in repo.revisions:
+                    if wanted in revision.refs or revision.commit_hash.startswith(wanted):
+                        return revision.commit_hash
+    except Exception:  # no cache directory yet
+        pass
+    return f"unresolved:{wanted}"
+
+
 def source_fingerprint(path: str | Path, spec: dict | None = None) -> str:
     """A content fingerprint of one dataset source: sha256 of a local file or directory, else its hub commit.
 
@@ -261,7 +288,6 @@ def source_fingerprint(path: str | Path, spec: dict | None = None) -> str:
         return directory_hash(path)
     if not path.is_file():
         from posttrain.config import DatasetSpec
-        from posttrain.data.sources import resolve_revision
 
         fields = {k: v for k, v in (spec or {}).items() if k in ("name", "split", "revision") and v is not None}
         return f"{path}@{resolve_revision(DatasetSpec(path=str(path), **fields))}"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from posttrain.checkpoints import resolve_revision
 from posttrain.config import DatasetSpec
 
 RowValidator = Callable[[dict], Optional[str]]
@@ -277,33 +278,6 @@ def source_identity(spec: DatasetSpec) -> dict:
         stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return {"path": str(path.resolve()), "split": spec.split, "files": stats}
     return {"hub": spec.path, "name": spec.name, "split": spec.split, "revision": resolve_revision(spec)}
-
-
-def resolve_revision(spec: DatasetSpec) -> str:
-    """The commit a hub source's `revision` (default: the main branch) points at now.
-
-    Asked of the hub; offline (HF_HUB_OFFLINE=1 or no network) the commit the
-    local datasets cache holds, and failing that the revision as written,
-    marked `unresolved:` so a manifest shows that it was not pinned.
-    """
-    wanted = spec.revision or "main"
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(spec.path, revision=wanted).sha
-    except Exception:  # offline, unknown dataset or no permission: fall through to the local cache
-        pass
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        for repo in scan_cache_dir().repos:
-            if repo.repo_type == "dataset" and repo.repo_id == spec.path:
-                for revision in repo.revisions:
-                    if wanted in revision.refs or revision.commit_hash.startswith(wanted):
-                        return revision.commit_hash
-    except Exception:  # no cache directory yet
-        pass
-    return f"unresolved:{wanted}"
 
 
 def hub_label(spec: DatasetSpec) -> str:

@@ -123,23 +123,23 @@ def test_each_stage_loader_reads_its_olmo3_recipe_data(recipe, released, tiny_di
         assert {"math", "llm_judge"} <= {n for name in names for n in name.split("+")}
 
 
-def check(recipe: str, tiny_dir: Path, *overrides: str) -> tuple[int, str]:
-    status = main(["data", "check", "--recipe", str(REPO / "recipes" / "olmo3" / f"{recipe}.yaml"),
-                   "--tokenizer", str(tiny_dir / "base"), *overrides])
-    return status, ""
+def check(recipe: str, tiny_dir: Path, *overrides: str) -> int:
+    """`posttrain data check`'s exit status on an Olmo 3 recipe, measured with the tiny tokenizer."""
+    return main(["data", "check", "--recipe", str(REPO / "recipes" / "olmo3" / f"{recipe}.yaml"),
+                 "--tokenizer", str(tiny_dir / "base"), *overrides])
 
 
 def test_data_check_names_a_misspelled_column_an_unknown_verifier_and_bad_rows(tiny_dir, tmp_path, capsys):
     rows = fixture_rows("Dolci-Think-RL-7B")
     path = tmp_path / "rl.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    status, _ = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}", "data.train.0.columns.promt=messages")
+    status = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}", "data.train.0.columns.promt=messages")
     out = capsys.readouterr().out
     assert status == 1 and "ERROR" in out and "no column 'promt' to rename to 'messages'" in out
 
     unknown = [dict(rows[0], dataset=["flan"]), *rows[1:], dict(rows[0], prompt=None)]
     path.write_text("".join(json.dumps(row) + "\n" for row in unknown))
-    status, _ = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}")
+    status = check("7b/think/rlvr", tiny_dir, f"data.train.0.path={path}")
     out = capsys.readouterr().out
     assert status == 1, out  # on_bad_row: error (the recipe's): the stage would stop at row 1
     assert f"bad row: {path}:1: dataset[0]: no verifier 'flan'" in out
