@@ -273,7 +273,9 @@ class RolloutSection(Section):
     enforce_eager: Optional[bool] = Field(None, description="vLLM: no CUDA graphs or compilation; None: on for CPU, off for GPU")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
     hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
-    weight_sync: Literal["reload", "nccl", "ipc"] = Field("reload", description="how learner weights reach vLLM: reload (load_weights, in-process copy; CPU or GPU; what the RLVR stage uses), or vLLM's weight-transfer API on GPU through EngineSyncClient: nccl (broadcast to engines on other GPUs) or ipc (engine sharing the learner's GPU)")
+    weight_sync: Literal["broadcast", "reload", "ipc"] = Field("reload", description="how learner weights reach the engines after each step: broadcast (learner rank 0 broadcasts flat buckets to every engine worker over one collective group: NCCL on GPUs, gloo on CPUs), reload (through Ray's object store into load_weights; where no group can be formed), or ipc (vLLM's CUDA IPC transfer to an engine on the learner's GPU, driven through EngineSyncClient, not by the RLVR stage)")
+    weight_bucket_mb: float = Field(256.0, gt=0, description="broadcast: size of one flat bucket (MiB); memory on both sides is bounded by it")
+    weight_sync_timeout_s: float = Field(300.0, gt=0, description="broadcast: seconds a member waits on the weight group (joining, a round) before the sync fails and the group is formed again")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
 
@@ -370,12 +372,11 @@ class RLVRConfig(StageConfig):
                              f"rollout.max_prompt_length + max_response_length = {longest}")
         if grpo.advantage == "group_mean_std" and grpo.samples_per_prompt < 2:
             raise ValueError("grpo.advantage group_mean_std needs grpo.samples_per_prompt >= 2")
-        if self.rollout.weight_sync != "reload":
-            # the engines would be built for vLLM's weight-transfer API while the stage still sent weights through
-            # load_weights: refuse rather than quietly run the slower path the recipe asked to avoid
-            raise ValueError(f"rollout.weight_sync={self.rollout.weight_sync}: the RLVR stage sends the learner's "
-                             "weights with load_weights (reload) on CPU and GPU; nccl and ipc are driven through "
-                             "posttrain.orchestration.actors.EngineSyncClient, not by this stage yet")
+        if self.rollout.weight_sync == "ipc":
+            # the engines would be built for vLLM's IPC transfer, which the stage does not drive: refuse rather than
+            # quietly fall back to a slower path than the recipe asked for
+            raise ValueError("rollout.weight_sync=ipc: the RLVR stage drives broadcast and reload; ipc is driven "
+                             "through posttrain.orchestration.actors.EngineSyncClient, not by this stage")
         return self
 
 

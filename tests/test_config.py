@@ -99,7 +99,9 @@ def test_rlvr_refuses_a_weight_sync_the_stage_does_not_drive(tmp_path):
     path = write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr", grpo={"prompts_per_step": 8},
                                               batch={"sequences": 64}))
     assert load_recipe(path).rollout.weight_sync == "reload"
-    assert "rollout.weight_sync=nccl: the RLVR stage sends" in recipe_error(path, ["rollout.weight_sync=nccl"])
+    assert load_recipe(path, ["rollout.weight_sync=broadcast"]).rollout.weight_sync == "broadcast"
+    assert "rollout.weight_sync=ipc: the RLVR stage drives" in recipe_error(path, ["rollout.weight_sync=ipc"])
+    assert "rollout.weight_sync" in recipe_error(path, ["rollout.weight_sync=nccl"])
 
 
 def test_exponent_floats_and_yaml_1_1_booleans(tmp_path):

@@ -277,6 +277,53 @@ class Learner:
                 out.append((name, tensor.cpu()))
         return out
 
+    def weight_metadata(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of each tensor `named_weights()` yields, in the same order, without gathering anything."""
+        model = self.backend.unwrapped
+        if self.spec.lora.enabled:
+            named = [(name.replace(".base_layer.", "."), param) for name, param in model.get_base_model().named_parameters()
+                     if ".lora_" not in name]
+        else:
+            named = list(model.named_parameters())
+        return [(name, tuple(getattr(param, "ds_shape", param.shape))) for name, param in named]
+
+    # Broadcast weight sync (posttrain.rollout.weight_transfer): rank 0 sends, every rank joins the gathers.
+
+    def open_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 hosts the weight group's store at host:port and joins as its rank 0; other ranks do nothing."""
+        from posttrain.rollout.weight_transfer import WeightGroup
+
+        self.close_weight_group()
+        if self.rank == 0:
+            self.weight_group = WeightGroup(host, port, 0, world_size, device=self.device, timeout_s=timeout_s)
+
+    @torch.no_grad()
+    def broadcast_weights(self, buckets: list) -> int:
+        """One broadcast round of `named_weights()` in the plan `buckets` (wire form); bytes sent (0 off rank 0).
+
+        Call on every rank: under ZeRO-3 each tensor is gathered by all ranks.
+        """
+        from posttrain.rollout.weight_transfer import Bucket, send
+
+        if self.rank != 0:
+            for _ in self.named_weights():
+                pass
+            return 0
+        if getattr(self, "weight_group", None) is None:
+            raise RuntimeError("broadcast_weights before open_weight_group")
+        named = self.named_weights()
+        try:
+            return send(self.weight_group, [Bucket.from_wire(b) for b in buckets], named)
+        except Exception:
+            for _ in named:  # keep joining the other ranks' gathers, so only the failed sync is lost
+                pass
+            raise
+
+    def close_weight_group(self) -> None:
+        group, self.weight_group = getattr(self, "weight_group", None), None
+        if group is not None:
+            group.close()
+
     def _merged_lora_weights(self, peft_model) -> Iterator[tuple[str, torch.Tensor]]:
         from peft.tuners.lora import LoraLayer
 

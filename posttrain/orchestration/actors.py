@@ -4,8 +4,9 @@ Rollout engines
 ---------------
 `EngineActor` holds one registered rollout engine (`posttrain.rollout`) in
 its own worker process and does only what an engine does: `generate`,
-`load_weights`, the receiving half of a vLLM weight-transfer round
-(`weight_transfer`), and `ping`, a cheap call that answers while the engine is
+`load_weights`, the receiving half of a broadcast weight sync
+(`join_weight_group`, `receive_weights`, `leave_weight_group`) or of a vLLM
+weight-transfer round (`weight_transfer`), and `ping`, a cheap call that answers while the engine is
 idle, so the driver can tell a dead engine from a busy one
 (`engine_alive`) and start a replacement with `spawn_engine_actor`.
 
@@ -71,6 +72,16 @@ class EngineActor:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> float:
         return self.engine.load_weights(named_tensors, version)
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
+                          timeout_s: float) -> None:
+        self.engine.join_weight_group(host, port, rank_offset, world_size, buckets, timeout_s)
+
+    def receive_weights(self, version: int) -> float:
+        return self.engine.receive_weights(version)
+
+    def leave_weight_group(self) -> None:
+        self.engine.leave_weight_group()
 
     def weight_transfer(self, step: str, *args) -> None:
         """One step of a vLLM weight-transfer round (`WEIGHT_TRANSFER_STEPS`), run on the engine."""
@@ -144,7 +155,7 @@ def engine_alive(actor, timeout: float = 30.0) -> bool:
 
 
 class EngineSyncClient:
-    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (weight_sync=nccl or ipc).
+    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (vLLM's weight-transfer API: ipc).
 
     The learner's sender rank builds vLLM's trainer engine with it, once:
 

@@ -1,4 +1,4 @@
-"""The RLVR step's learner-side phases on Ray: log-probs, the policy update, and the weight sync to the engines."""
+"""The RLVR step's learner-side phases on Ray: log-probs and the policy update (the weight sync: weight_sync.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from posttrain.config import RLVRConfig
 from posttrain.data.rlvr import UpdatePlan
 from posttrain.objectives.rlvr import policy_loss_fn, response_logprobs
 from posttrain.orchestration.learner_group import LearnerGroup
-from posttrain.orchestration.topology import EnginePool
 
 
 def fill_logprobs(plan: UpdatePlan, learners: LearnerGroup, reference, *, old: bool, temperature: float,
@@ -39,8 +38,3 @@ def update_policy(learners: LearnerGroup, plan: UpdatePlan, config: RLVRConfig) 
             temperature=config.rollout.temperature, chunk=config.model.loss_chunk_tokens)
     return results
 
-
-def sync_weights(learners: LearnerGroup, engines: EnginePool, version: int) -> list:
-    """Queue the learner's weights (rank 0 gathers them; every rank takes part) for every engine; the loads' refs."""
-    refs = [worker.call.remote("weight_list") for worker in learners.workers]
-    return engines.sync(refs[0], version)

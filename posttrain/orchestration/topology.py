@@ -18,7 +18,8 @@ the roles may sit on different nodes.
 
 `EnginePool` and `RewardPool` own their actors: they restart a dead one in
 its bundle (`restart`), and an engine restarted mid-run is sent the latest
-learner weights before it gets prompts again.
+learner weights before it gets prompts again (by the pool's weight sync,
+posttrain/orchestration/weight_sync.py).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class EnginePool:
         self.group = reserve(self.bundles, f"rollout engines ({len(self.bundles)} x {self.bundles[0]})")
         self.actors = [self._spawn(i) for i in range(len(self.bundles))]
         self.versions = [0] * len(self.actors)  # version of the last weights sent (calls run in order)
-        self.latest: tuple[Any, int] | None = None  # (weights ObjectRef, version) of the last sync
+        self.weights = None  # the weight sync (weight_sync.py) that restores a restarted engine; it sets itself
         self.restarts = 0
 
     def _spawn(self, index: int):
@@ -61,21 +62,13 @@ class EnginePool:
     def wait_ready(self) -> None:
         ray.get([actor.ping.remote() for actor in self.actors])
 
-    def sync(self, weights_ref, version: int) -> list:
-        """Queue `load_weights` on every engine (after what each is doing); refs to their seconds."""
-        self.latest = (weights_ref, version)
+    def relabel(self, version: int) -> None:
+        """Weights of `version` are on their way to every engine (or a step changed none: staleness counts steps)."""
         self.versions = [version] * len(self.actors)
-        return [actor.load_weights.remote(weights_ref, version) for actor in self.actors]
 
-    def relabel(self, version: int) -> list:
-        """A step that changed no weights still moves the version on (staleness counts steps); no loads."""
-        self.versions = [version] * len(self.actors)
-        if self.latest is not None:
-            self.latest = (self.latest[0], version)
-        return []
-
-    def restart(self, index: int, dead) -> None:
-        """Replace engine `index` if `dead` is still the actor there; the new one gets the latest weights."""
+    def restart(self, index: int, dead, restore: bool = True) -> None:
+        """Replace engine `index` if `dead` is still the actor there; with `restore`, the weight sync sends the new
+        one the latest weights before anything else."""
         if self.actors[index] is not dead:
             return  # already replaced for an earlier failed request
         if self.restarts >= self.config.rollout.max_restarts:
@@ -84,8 +77,8 @@ class EnginePool:
         ray.kill(dead, no_restart=True)
         self.actors[index] = self._spawn(index)
         self.restarts += 1
-        if self.latest is not None:
-            self.actors[index].load_weights.remote(*self.latest)
+        if restore and self.weights is not None:
+            self.weights.restore(index)
         print(f"[rlvr] rollout engine {index} died; restarted ({self.restarts} so far)")
 
     def shutdown(self) -> None:

@@ -98,14 +98,34 @@ class Engine(Protocol):
         """
         ...
 
+    # Broadcast weight sync (`rollout.weight_sync: broadcast`, posttrain.rollout.weight_transfer):
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
+                          timeout_s: float) -> None:
+        """Join the learner's weight group as ranks rank_offset .. + weight_group_size(options) - 1.
+
+        `buckets` is the plan of every later round (`Bucket.to_wire` each). A
+        second join leaves the previous group first.
+        """
+        ...
+
+    def receive_weights(self, version: int) -> float:
+        """Take one broadcast round (learner rank 0 sends it meanwhile) into the model; sets `policy_version`,
+        returns the seconds taken."""
+        ...
+
+    def leave_weight_group(self) -> None:
+        ...
+
     def close(self) -> None:
         """Release the model and its caches (the engine is unusable afterwards)."""
         ...
 
 
 # One signature: Factory(model_path: str, options: RolloutSection, *, seed: int) -> Engine,
-# and Factory.process_env(options) -> dict[str, str], the environment variables the
-# engine's process needs before the engine is built (put in a Ray actor's runtime_env).
+# Factory.process_env(options) -> dict[str, str], the environment variables the
+# engine's process needs before the engine is built (put in a Ray actor's runtime_env),
+# and Factory.weight_group_size(options) -> int, the ranks one engine takes in a weight group.
 ENGINES: Registry[Callable[..., Engine]] = Registry("rollout engine")
 
 

@@ -215,5 +215,34 @@ class HFEngine:
         self.policy_version = version
         return time.perf_counter() - start
 
+    # -- broadcast (weight_sync=broadcast): this process joins the learner's weight group --
+
+    @staticmethod
+    def weight_group_size(options: RolloutSection) -> int:
+        return 1
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
+                          timeout_s: float) -> None:
+        from posttrain.rollout.weight_transfer import Bucket, WeightGroup
+
+        self.leave_weight_group()
+        self._weight_group = WeightGroup(host, port, rank_offset, world_size, device=self.device, timeout_s=timeout_s)
+        self._weight_buckets = [Bucket.from_wire(b) for b in buckets]
+
+    def receive_weights(self, version: int) -> float:
+        from posttrain.rollout.weight_transfer import receive
+
+        if getattr(self, "_weight_group", None) is None:
+            raise RuntimeError("receive_weights before join_weight_group")
+        start = time.perf_counter()
+        self.load_weights(receive(self._weight_group, self._weight_buckets), version)
+        return time.perf_counter() - start
+
+    def leave_weight_group(self) -> None:
+        group, self._weight_group = getattr(self, "_weight_group", None), None
+        if group is not None:
+            group.close()
+
     def close(self) -> None:
+        self.leave_weight_group()
         self.model = None

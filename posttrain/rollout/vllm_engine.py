@@ -10,30 +10,32 @@ top-p-truncated distribution (see `posttrain.rollout.base`).
 
 Weight updates, two paths (`rollout.weight_sync`):
 
-- `reload` (CPU, or a GPU engine fed tensors over Ray): `load_weights` calls
-  the worker's `reload_weights(weights_iterator=...)` through
-  `LLM.collective_rpc`. With `VLLM_ENABLE_V1_MULTIPROCESSING=0` the worker
+- `broadcast` (CPU or GPU; the default of the cluster recipes): the engine is
+  built with `posttrain.rollout.weight_receiver.WeightReceiver` as vLLM's
+  worker extension and keeps V1 multiprocessing. `join_weight_group` makes
+  every worker join the learner's weight group (gloo on CPU, NCCL on GPU; see
+  `posttrain.rollout.weight_transfer`), and each `receive_weights` takes one
+  bucketed broadcast from learner rank 0 straight into the workers' models.
+- `reload` (a set-up where no group can be formed): `load_weights` calls the
+  worker's `reload_weights(weights_iterator=...)` through
+  `LLM.collective_rpc`, with `VLLM_ENABLE_V1_MULTIPROCESSING=0` so the worker
   lives in this process and receives the tensors themselves (nothing is
-  serialised); vLLM's layerwise reload re-runs each layer's weight processing
-  (fused qkv / gate-up projections) and copies into the existing storage.
+  serialised); the tensors reach this process through Ray's object store.
   It needs the full set of weights: a layer given only some of its tensors
   is left half-loaded.
-- `nccl` / `ipc` (GPU): the engine is built with vLLM's weight-transfer API
-  (`weight_transfer_config={"backend": ...}`) and exposes its receiving
-  half: `init_weight_transfer_engine`, `start_weight_update`,
-  `update_weights`, `finish_weight_update`, `shutdown_weight_transfer_engine`
-  (vLLM's `VLLMWeightSyncClient` protocol). The learner's rank 0 drives a
-  round with vLLM's trainer engine (`WeightTransferTrainerFactory.trainer_init`)
-  through `posttrain.orchestration.actors.EngineSyncClient`: `nccl`
-  broadcasts each tensor to engines on other GPUs (NCCL refuses two ranks on
-  one GPU), `ipc` hands CUDA IPC handles to an engine on the learner's own
-  GPU. `load_weights` keeps working as the fallback.
+- `ipc` (GPU, an engine on the learner's own GPU, driven by the caller): the
+  engine is built with vLLM's weight-transfer API and exposes its receiving
+  half (`init_weight_transfer_engine`, `start_weight_update`,
+  `update_weights`, `finish_weight_update`, `shutdown_weight_transfer_engine`)
+  for `posttrain.orchestration.actors.EngineSyncClient`.
 
+Both vLLM paths load through vLLM's layerwise reload, which re-runs each
+layer's weight processing (fused qkv / gate-up projections, CPU packing).
 After any update the prefix cache is reset: cached prompt KV blocks were
 computed with the old weights.
 
 Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is required for `reload`
-(and set here); `rollout.kv_cache_gib` becomes the KV cache size
+(and set here, except for `broadcast`, which keeps vLLM's worker processes); `rollout.kv_cache_gib` becomes the KV cache size
 (`kv_cache_memory_bytes`, and `VLLM_CPU_KVCACHE_SPACE` on CPU builds, whose
 legacy variable would otherwise override it). Threads: vLLM drops an
 in-process CPU engine to one torch thread unless `OMP_NUM_THREADS` is set;
@@ -69,7 +71,9 @@ class VLLMEngine:
     @staticmethod
     def process_env(options: RolloutSection) -> dict[str, str]:
         """Environment variables a process needs before it builds this engine."""
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        # reload (and ipc, as it was measured) hand weights to the worker in this process; broadcast reaches
+        # the worker processes through the weight group
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.weight_sync == "broadcast" else "0"}
         if options.kv_cache_gib is not None:  # read by CPU builds only
             whole = float(options.kv_cache_gib).is_integer()
             # The legacy variable takes whole GiB and overrides kv_cache_memory_bytes;
@@ -105,10 +109,12 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
         if options.max_num_seqs is not None:
             kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.weight_sync != "reload":  # a vLLM weight-transfer backend: nccl or ipc
+        if options.weight_sync == "broadcast":
+            kwargs["worker_extension_cls"] = "posttrain.rollout.weight_receiver.WeightReceiver"
+        elif options.weight_sync == "ipc":  # vLLM's weight-transfer API
             if not on_gpu:
-                raise ValueError(f"rollout.weight_sync={options.weight_sync} needs a CUDA GPU; use reload on CPU")
-            kwargs["weight_transfer_config"] = {"backend": options.weight_sync}
+                raise ValueError("rollout.weight_sync=ipc needs a CUDA GPU; use broadcast or reload on CPU")
+            kwargs["weight_transfer_config"] = {"backend": "ipc"}
         # vLLM-CPU replaces torch.set_num_threads process-wide with a no-op to guard
         # its thread binding; other code in this process keeps the real one.
         set_num_threads = torch.set_num_threads
@@ -171,7 +177,30 @@ class VLLMEngine:
         self.policy_version = version
         return time.perf_counter() - start
 
-    # -- vLLM weight-transfer API (weight_sync=nccl or ipc): the receiving half of a round --
+    # -- broadcast (weight_sync=broadcast): every worker joins the learner's weight group --
+
+    @staticmethod
+    def weight_group_size(options: RolloutSection) -> int:
+        """Ranks one engine takes in the weight group: one per tensor-parallel worker."""
+        return options.tensor_parallel_size
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
+                          timeout_s: float) -> None:
+        """Join as ranks rank_offset .. rank_offset + tensor_parallel_size - 1 (`buckets` in wire form)."""
+        self.llm.collective_rpc("join_weight_group", args=(host, port, rank_offset, world_size, buckets, timeout_s))
+
+    def receive_weights(self, version: int) -> float:
+        """Take one broadcast round (the learner sends it at the same time); seconds taken."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("receive_weights")
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    def leave_weight_group(self) -> None:
+        self.llm.collective_rpc("leave_weight_group")
+
+    # -- vLLM weight-transfer API (weight_sync=ipc): the receiving half of a round --
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.llm.init_weight_transfer_engine({"init_info": init_info})

@@ -37,9 +37,10 @@ that sampled the token. Departures from GRPO as published (Shao et al.
   log-prob phase computes pi_old first;
 - asynchronous rollouts: the engines generate up to `grpo.max_async_steps`
   steps ahead of the learner (0: on-policy), see posttrain/orchestration/rollout_queue.py. Weights
-  reach the engines after every step (`load_weights`; in-flight updates in
-  the middle of a generation are not done: an engine finishes its queued
-  requests with the weights it had).
+  reach the engines after every step (`rollout.weight_sync`: a broadcast
+  from learner rank 0, or Ray's object store; posttrain/orchestration/weight_sync.py;
+  in-flight updates in the middle of a generation are not done: an engine
+  finishes its queued requests with the weights it had).
 
 A step is six named, timed phases (`time/<phase>`): generate, score (waits
 for the engines and the reward workers), advantages, logprobs, update, sync.
@@ -56,17 +57,16 @@ import math
 import time
 from pathlib import Path
 
-import ray
-
 from posttrain.algorithms.advantages import select_groups
 from posttrain.config import RLVRConfig
 from posttrain.data.rlvr import PromptStream, informative_groups, load_prompts, plan_update, score_step, step_samples
 from posttrain.eval.heldout import summarize
 from posttrain.metrics import PhaseTimers, TrainingClock
 from posttrain.orchestration.cluster import actor_path
-from posttrain.orchestration.policy_update import fill_logprobs, sync_weights, update_policy
+from posttrain.orchestration.policy_update import fill_logprobs, update_policy
 from posttrain.orchestration.rollout_queue import RolloutQueue
 from posttrain.orchestration.topology import EnginePool, RewardPool, placement, spawn_reference
+from posttrain.orchestration.weight_sync import WEIGHT_SYNCS
 from posttrain.stages import rlvr_metrics as M
 from posttrain.stages.scaffold import StageRun
 
@@ -96,9 +96,12 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             run.own(reference)
         engines.wait_ready()
         scorers.wait_ready()
+        weights = run.own(WEIGHT_SYNCS.get(rollout.weight_sync)(learners, engines, config))
+        weights.connect()
         start = run.restore(lambda state: check_same_prompts(state, data.fingerprint))
         if start:
-            ray.get(sync_weights(learners, engines, start))
+            weights.settle(weights.push(start))
+            engines.relabel(start)
         startup_s = time.time() - run.started  # this process's start-up (elapsed() would add earlier runs')
 
         queue = RolloutQueue(
@@ -124,7 +127,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         if data.heldout and not start:
             evaluate(0)
         clock.start()
-        pending_sync, last, timers = [], {}, PhaseTimers()
+        pending_sync, last, timers = None, {}, PhaseTimers()
         for step in run.steps(start, grpo.steps, trainer_state):
             step_start = time.perf_counter()
             rollouts = queue.collect(step, timers)  # phases generate and score
@@ -144,10 +147,12 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             with timers("update"):
                 results = update_policy(learners, plan, config) if plan is not None else []
             with timers("sync"):
-                sync_seconds = ray.get(pending_sync)  # the previous step's loads (async: already done)
-                pending_sync = sync_weights(learners, engines, step + 1) if results else engines.relabel(step + 1)
-                if grpo.max_async_steps == 0:
-                    sync_seconds, pending_sync = ray.get(pending_sync), []
+                # the previous step's round (async: done while this step generated)
+                sync_seconds = weights.settle(pending_sync) if pending_sync is not None else []
+                pending_sync = weights.push(step + 1) if results else None
+                engines.relabel(step + 1)
+                if grpo.max_async_steps == 0 and pending_sync is not None:
+                    sync_seconds, pending_sync = weights.settle(pending_sync), None
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
                                      step_seconds=time.perf_counter() - step_start, num_engines=len(engines),
                                      style=config.variant),
@@ -157,7 +162,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             run.show(reward=f"{last['reward/mean']:.3f}", kept=f"{1 - last['groups/filtered_frac']:.2f}")
             if data.heldout and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < grpo.steps:
                 evaluate(step + 1)
-        ray.get(pending_sync)
+        if pending_sync is not None:
+            weights.settle(pending_sync)
         queue.drain()
         if data.heldout:
             evaluate(grpo.steps)
@@ -165,7 +171,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         # ---- export, manifest, plots
         final = {**last, "steps": grpo.steps, **{f"before/{k}": v for k, v in evals.get(0, {}).items()},
                  **evals.get(grpo.steps, {})}
-        extra = {"startup_s": startup_s, "engine_restarts": engines.restarts,
+        extra = {"startup_s": startup_s, "engine_restarts": engines.restarts, "weight_sync_repairs": weights.repairs,
                  "evals": {str(k): v for k, v in evals.items()},
                  "placement": placement(learner=learners.placement_group, engine=engines.group, reward=scorers.group,
                                         reference=reference.group if reference is not None else None)}

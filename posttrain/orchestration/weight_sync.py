@@ -1,0 +1,189 @@
+"""How the learner's weights reach the rollout engines after a step (`rollout.weight_sync`).
+
+Two strategies behind one interface, registered by name:
+
+- `broadcast`: learner rank 0 and every engine worker form one collective
+  group (posttrain.rollout.weight_transfer: NCCL on GPUs, gloo on CPUs). A
+  round is `broadcast_weights` on every learner rank (each tensor gathered
+  layer by layer, packed into flat buckets, broadcast by rank 0) and
+  `receive_weights` on every engine at once; nothing passes through the
+  driver or Ray's object store.
+- `reload`: rank 0 gathers the weights into a list that Ray's object store
+  carries to each engine's `load_weights` (one pickled copy per engine node).
+
+`push(version)` queues a round and returns a `Round` at once (calls on an
+actor run in the order they were sent, so an engine takes the weights after
+the generation it was already given); `settle(round)` waits for it and
+returns each engine's load seconds. A round that fails because an engine
+died (or the group broke) is repaired: dead engines are restarted in their
+bundles, the group is formed again, and the same weights are sent again, so
+the step is not lost. `restore(index)` gives a restarted engine the latest
+weights before it gets prompts again (`EnginePool.restart` calls it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from posttrain.config import RLVRConfig
+from posttrain.registry import Registry
+from posttrain.rollout.base import resolve_dtype
+
+MAX_REPAIRS = 3  # rounds sent again after a failure, before the run fails
+MIB = 2**20
+
+
+@dataclass
+class Round:
+    """One queued weight round: the engines' refs (load seconds) and the learners' (bytes sent)."""
+
+    version: int
+    engine_refs: list
+    learner_refs: list = field(default_factory=list)
+    actors: list = field(default_factory=list)  # the engine actors that were sent it, in pool order
+
+
+WEIGHT_SYNCS: Registry = Registry("weight sync")
+
+
+class _Sync:
+    def __init__(self, learners, engines, config: RLVRConfig):
+        self.learners, self.engines, self.config = learners, engines, config
+        self.latest: int | None = None  # version of the last round pushed
+        self.repairs = 0
+        engines.weights = self
+
+    def connect(self) -> None:
+        """Whatever must exist before the first round (the group)."""
+
+    def close(self) -> None:
+        """Release what `connect` made."""
+
+    def shutdown(self) -> None:
+        self.close()
+
+    def settle(self, round_: Round) -> list[float]:
+        """Wait for `round_`; each engine's load seconds. A failed round is repaired and sent again."""
+        while True:
+            try:
+                seconds = ray.get(round_.engine_refs)
+                ray.get(round_.learner_refs)
+                return seconds
+            except (RayActorError, RayTaskError) as error:
+                if self.repairs >= MAX_REPAIRS:
+                    raise
+                self.repairs += 1
+                print(f"[rlvr] weight sync of version {round_.version} failed ({type(error).__name__}); "
+                      f"repairing ({self.repairs} so far) and sending it again")
+                # members still waiting inside the broken round give up after the group's timeout
+                _settle_all(round_.engine_refs + round_.learner_refs, self.config.rollout.weight_sync_timeout_s + 30)
+                for index, actor in enumerate(round_.actors):
+                    if self.engines.actors[index] is actor and not _alive(actor):
+                        self.engines.restart(index, actor, restore=False)
+                self.repair()
+                round_ = self.push(round_.version)
+
+    def repair(self) -> None:
+        """Make the next round possible after a failed one."""
+
+
+@WEIGHT_SYNCS.register("reload")
+class ReloadSync(_Sync):
+    """Through Ray's object store into each engine's `load_weights` (see the module docstring)."""
+
+    def __init__(self, learners, engines, config: RLVRConfig):
+        super().__init__(learners, engines, config)
+        self.weights_ref = None
+
+    def push(self, version: int) -> Round:
+        refs = [worker.call.remote("weight_list") for worker in self.learners.workers]
+        self.weights_ref, self.latest = refs[0], version
+        actors = list(self.engines.actors)
+        return Round(version, [actor.load_weights.remote(refs[0], version) for actor in actors], refs[1:], actors)
+
+    def restore(self, index: int) -> None:
+        if self.weights_ref is not None:
+            self.engines.actors[index].load_weights.remote(self.weights_ref, self.latest)
+
+
+@WEIGHT_SYNCS.register("broadcast")
+class BroadcastSync(_Sync):
+    """Learner rank 0 broadcasts flat buckets to every engine worker (see the module docstring)."""
+
+    def __init__(self, learners, engines, config: RLVRConfig):
+        from posttrain.rollout import ENGINES
+        from posttrain.rollout.weight_transfer import plan_buckets
+
+        super().__init__(learners, engines, config)
+        rollout = config.rollout
+        metadata = ray.get(learners.workers[0].call.remote("weight_metadata"))
+        dtype = resolve_dtype(rollout.dtype, config.distributed.use_gpu)
+        self.buckets = [b.to_wire() for b in plan_buckets(metadata, dtype, int(rollout.weight_bucket_mb * MIB))]
+        self.ranks_per_engine = ENGINES.get(rollout.engine).weight_group_size(rollout)
+        self.timeout_s = rollout.weight_sync_timeout_s
+        self.pending: list = []  # a re-formed group's joins and resend, awaited by the next settle
+
+    def connect(self) -> None:
+        ray.get(self._form_group())
+
+    def _form_group(self) -> list:
+        """Queue: rank 0 opens a new group on a fresh port, every engine joins it. Refs of the joins."""
+        host, port = ray.get(self.learners.workers[0].rendezvous.remote())
+        world = 1 + self.ranks_per_engine * len(self.engines)
+        refs = [self.learners.workers[0].call.remote("open_weight_group", host, port, world, self.timeout_s)]
+        refs += [actor.join_weight_group.remote(host, port, 1 + i * self.ranks_per_engine, world, self.buckets,
+                                                self.timeout_s)
+                 for i, actor in enumerate(self.engines.actors)]
+        return refs
+
+    def push(self, version: int) -> Round:
+        self.latest = version
+        actors = list(self.engines.actors)
+        learner_refs = [w.call.remote("broadcast_weights", self.buckets) for w in self.learners.workers]
+        engine_refs = [actor.receive_weights.remote(version) for actor in actors]
+        learner_refs, self.pending = self.pending + learner_refs, []
+        return Round(version, engine_refs, learner_refs, actors)
+
+    def repair(self) -> None:
+        # every member leaves the broken group (queued after what it is doing), then a new one forms
+        _settle_all([actor.leave_weight_group.remote() for actor in self.engines.actors], self.timeout_s)
+        ray.get(self._form_group())
+
+    def restore(self, index: int) -> None:
+        """A restarted engine: a new group with it, and the latest weights to every engine (queued, not awaited)."""
+        if self.latest is None:
+            return  # still the checkpoint it was built from
+        _settle_all([actor.leave_weight_group.remote() for i, actor in enumerate(self.engines.actors) if i != index],
+                    self.timeout_s)
+        joins = self._form_group()
+        resend = self.push(self.latest)
+        self.pending = joins + resend.engine_refs + resend.learner_refs
+
+    def close(self) -> None:
+        _settle_all([w.call.remote("close_weight_group") for w in self.learners.workers[:1]], self.timeout_s)
+
+
+def _alive(actor, timeout: float = 5.0) -> bool:
+    """Whether the actor still runs (a busy one counts as alive: its ping waits in line, it does not fail)."""
+    try:
+        ray.get(actor.ping.remote(), timeout=timeout)
+    except GetTimeoutError:
+        return True
+    except RayActorError:
+        return False
+    return True
+
+
+def _settle_all(refs: list, timeout: float) -> None:
+    """Wait (bounded) for refs whose results do not matter; their errors are the caller's known failure."""
+    if not refs:
+        return
+    ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # the failure being repaired, seen again from another member
+            pass

@@ -1,0 +1,55 @@
+"""The receiving half of a broadcast weight sync, inside vLLM's worker process (a worker extension).
+
+vLLM builds its workers with this class mixed in when the engine is made with
+`worker_extension_cls="posttrain.rollout.weight_receiver.WeightReceiver"`
+(`rollout.weight_sync: broadcast`), and runs its methods in every worker
+through `LLM.collective_rpc`. So the weights go straight from the learner to
+the process that holds the model, with vLLM's V1 multiprocessing on, and
+each tensor-parallel worker takes its own rank in the group.
+
+Loading goes through vLLM's layerwise reload (`model_runner.reload_weights`)
+with a lazy iterator over the broadcast buckets: each layer is re-processed
+(fused projections, CPU weight packing) as soon as its tensors have arrived.
+"""
+
+from __future__ import annotations
+
+from posttrain.rollout.weight_transfer import Bucket, WeightGroup, receive
+
+
+class WeightReceiver:
+    """Mixed into vLLM's worker: `self.rank`, `self.device` and `self.model_runner` are the worker's."""
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
+                          timeout_s: float) -> int:
+        """Join the learner's weight group as rank `rank_offset + this worker's rank`; returns that rank.
+
+        `buckets`: the round's plan in wire form (`Bucket.to_wire`), kept for every later round.
+        """
+        self.leave_weight_group()
+        self._weight_group = WeightGroup(host, port, rank_offset + self.rank, world_size, device=self.device,
+                                         timeout_s=timeout_s)
+        self._weight_buckets = [Bucket.from_wire(b) for b in buckets]
+        return self._weight_group.rank
+
+    def receive_weights(self) -> int:
+        """Take one broadcast round into the model; returns the bytes received."""
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights before join_weight_group")
+        received = 0
+
+        def stream():
+            nonlocal received
+            for name, tensor in receive(group, self._weight_buckets):
+                received += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.model_runner.reload_weights(weights_iterator=stream())
+        return received
+
+    def leave_weight_group(self) -> None:
+        group = getattr(self, "_weight_group", None)
+        if group is not None:
+            group.close()
+        self._weight_group = None
