@@ -69,19 +69,22 @@ def encoded(config, rows):
 
 def test_synchronous_steps_are_on_policy_and_asynchronous_ones_one_step_behind(toy, local_ray, tmp_path):
     """k = 0: every sample comes from the weights being trained (staleness 0) and the engine's log-probs
-    equal the learner's: the weight sync after each step reached the engine. k = 1: from the second step
-    on, samples are one version old, and the moved weights show as engine/learner disagreement."""
+    equal the learner's: the weight sync after each step (a broadcast) reached the engine. k = 1 (weights
+    through Ray's object store): from the second step on, samples are one version old, and the moved
+    weights show as engine/learner disagreement."""
     from posttrain.stages import rlvr
 
     overrides = {"grpo.steps": 4, "optim.lr": 1e-3, "grpo.filter_equal_groups": False}
-    rlvr.run(rlvr_toy.recipe(toy, tmp_path / "sync", **overrides, **{"grpo.max_async_steps": 0}))
+    rlvr.run(rlvr_toy.recipe(toy, tmp_path / "sync", **overrides, **{"grpo.max_async_steps": 0,
+                                                                     "rollout.weight_sync": "broadcast"}))
     steps = [r for r in read_metrics(tmp_path / "sync") if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(r["staleness/max"] == 0 for r in steps)
     assert all(abs(r["is_ratio/mean"] - 1) < 1e-3 and r["engine_kl"] < 1e-5 for r in steps)
     assert all(r["weight_sync/load_s"] >= 0 for r in steps)
 
-    rlvr.run(rlvr_toy.recipe(toy, tmp_path / "async", **overrides, **{"grpo.max_async_steps": 1}))
+    rlvr.run(rlvr_toy.recipe(toy, tmp_path / "async", **overrides, **{"grpo.max_async_steps": 1,
+                                                                      "rollout.weight_sync": "reload"}))
     steps = [r for r in read_metrics(tmp_path / "async") if "reward/mean" in r]
     assert [r["staleness/max"] for r in steps] == [0, 1, 1, 1]  # step 1 was generated with the first weights
     assert all(r["engine_kl"] > 1e-4 for r in steps[1:])  # the sampling weights differ from the learner's
