@@ -143,10 +143,20 @@ class Group:
     response_ids: list[list[int]]
     engine_logprobs: list[list[float]]
     truncated: list[bool]  # finish reason "length"
-    version: int  # policy version (learner steps) of the weights that generated the group
+    version: int  # policy version (learner steps) of the weights that generated the group (its first tokens)
     rewards: list[float] = field(default_factory=list)  # verifier scores: [0, 1], or [0, k] for a row of k summed verifiers
     unscored: list[str] = field(default_factory=list)  # reasons of items that could not be scored (scored 0)
     texts: list[str] = field(default_factory=list)
+    # per sample, (first token, version) where in-flight updates changed the weights (Completion.version_switches)
+    version_switches: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+
+    def token_versions(self, sample: int) -> list[tuple[int, int]]:
+        """(token count, version) segments of a sample's response, in order: which weights made which tokens."""
+        length = len(self.response_ids[sample])
+        switches = self.version_switches[sample] if self.version_switches else ()
+        starts = [(0, self.version), *switches]
+        ends = [made for made, _ in switches] + [length]
+        return [(end - start, version) for (start, version), end in zip(starts, ends) if end > start]
 
     @property
     def verifier_name(self) -> str:

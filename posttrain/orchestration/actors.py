@@ -63,12 +63,14 @@ class EngineActor:
         return self.engine.generate(prompts, n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
     def generate_timed(self, prompts: list[list[int]], n: int, **sampling) -> tuple[list, dict]:
-        """`generate`, plus {"seconds", "policy_version"} of the call (RLVR's idle-time and staleness bookkeeping)."""
+        """`generate`, plus {"seconds", "policy_version", "first_version"} of the call (RLVR's idle-time and
+        staleness bookkeeping; the versions at its end and start differ only with in-flight updates)."""
         import time
 
-        start = time.perf_counter()
+        start, first_version = time.perf_counter(), self.engine.policy_version
         completions = self.generate(prompts, n, **sampling)
-        return completions, {"seconds": time.perf_counter() - start, "policy_version": self.engine.policy_version}
+        return completions, {"seconds": time.perf_counter() - start, "policy_version": self.engine.policy_version,
+                             "first_version": first_version}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> float:
         return self.engine.load_weights(named_tensors, version)
@@ -98,6 +100,33 @@ class EngineActor:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class InflightEngineActor(EngineActor):
+    """`EngineActor` whose weight calls run in their own thread ("weights" group), beside `generate`.
+
+    What `rollout.inflight_updates` spawns: a round lands between two decoding steps of the
+    generation under way. The weight calls keep their order among themselves (one thread).
+    """
+
+    def _weights(method):  # noqa: N805 (a decorator used in the class body)
+        import ray
+
+        return ray.method(concurrency_group="weights")(method)
+
+    @_weights
+    def join_weight_group(self, *args) -> None:
+        super().join_weight_group(*args)
+
+    @_weights
+    def receive_weights(self, version: int) -> float:
+        return super().receive_weights(version)
+
+    @_weights
+    def leave_weight_group(self) -> None:
+        super().leave_weight_group()
+
+    del _weights
 
 
 def spawn_engine_actor(
@@ -133,7 +162,9 @@ def spawn_engine_actor(
         actor_options["name"] = name
     if scheduling_strategy is not None:
         actor_options["scheduling_strategy"] = scheduling_strategy
-    remote_cls = ray.remote(EngineActor)
+    # in-flight updates: a second thread for weight rounds only; generate and the rest stay one at a time
+    remote_cls = ray.remote(concurrency_groups={"weights": 1})(InflightEngineActor) if options.inflight_updates \
+        else ray.remote(EngineActor)
     return remote_cls.options(**actor_options).remote(model_path, options.model_dump(), seed)
 
 

@@ -186,7 +186,8 @@ class RolloutQueue:
         for request, (completions, info), scored in zip(requests, generated, scores):
             seconds += info["seconds"]
             tokens += sum(len(c.token_ids) for c in completions)
-            groups.extend(_groups(request, completions, scored, info["policy_version"], unscored))
+            groups.extend(_groups(request, completions, scored, info.get("first_version", info["policy_version"]),
+                                  unscored))
         self.unscored_total.update(unscored)
         return groups, seconds, tokens, unscored
 
@@ -250,7 +251,8 @@ def _groups(request: Request, completions: list, scores: list, version: int, uns
         group = Group(prompt=prompt, response_ids=[c.token_ids for c, _ in mine],
                       engine_logprobs=[c.logprobs for c, _ in mine],
                       truncated=[c.finish_reason == "length" for c, _ in mine], version=version,
-                      rewards=[s[0] for _, s in mine], texts=[c.text for c, _ in mine])
+                      rewards=[s[0] for _, s in mine], texts=[c.text for c, _ in mine],
+                      version_switches=[c.version_switches for c, _ in mine])
         for _, (score, scored, reason) in mine:
             if not scored:
                 kind = reason.split(":", 1)[0] or "cannot score"

@@ -63,6 +63,9 @@ class Completion:
     logprobs: list[float]  # (T,) log-prob of each token under the sampling distribution (module docstring)
     finish_reason: FinishReason  # "stop": a stop token was sampled; "length": max_tokens reached
     text: str  # the response decoded, special tokens skipped
+    # in-flight weight updates: (first token, policy version) from each token index where the weights changed
+    # during the generation; empty when one version made every token (the engine's version when it finished)
+    version_switches: tuple[tuple[int, int], ...] = ()
 
 
 @runtime_checkable

@@ -31,6 +31,17 @@ Weight updates, two paths (`rollout.weight_sync`):
 
 Both vLLM paths load through vLLM's layerwise reload, which re-runs each
 layer's weight processing (fused qkv / gate-up projections, CPU packing).
+
+In-flight updates (`rollout.inflight_updates`, broadcast only): the engine
+actor runs `receive_weights` in its own thread while `generate` runs. The
+round reaches vLLM's engine core as a utility call, which the core runs
+between two decoding steps; the requests it holds then carry on with the new
+weights (their KV cache of earlier tokens stays as the old weights made it,
+as in open-instruct's in-flight updates). The worker reports how many tokens
+each request had when the weights changed, and each `Completion` records
+those switches (`version_switches`). The prefix cache is off in this mode:
+a cache reset is impossible while requests run, and new requests must not
+reuse blocks computed with old weights.
 After any update the prefix cache is reset: cached prompt KV blocks were
 computed with the old weights.
 
@@ -111,6 +122,8 @@ class VLLMEngine:
             kwargs["max_num_seqs"] = options.max_num_seqs
         if options.weight_sync == "broadcast":
             kwargs["worker_extension_cls"] = "posttrain.rollout.weight_receiver.WeightReceiver"
+            if options.inflight_updates:
+                kwargs["enable_prefix_caching"] = False
         elif options.weight_sync == "ipc":  # vLLM's weight-transfer API
             if not on_gpu:
                 raise ValueError("rollout.weight_sync=ipc needs a CUDA GPU; use broadcast or reload on CPU")
@@ -128,6 +141,11 @@ class VLLMEngine:
         self.seed = seed
         self.calls = 0
         self.policy_version = 0
+        self.inflight = options.inflight_updates
+        # (request id, sample index) -> [(tokens made before, new version)], filled by in-flight rounds
+        self._switches: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        if self.inflight:
+            _serialise_sends(self.llm.llm_engine.engine_core)
 
     def generate(
         self,
@@ -166,7 +184,8 @@ class VLLMEngine:
         return [
             completion
             for position, output in enumerate(outputs)
-            for completion in _completions(position // copies, output, first_sample=position % copies)
+            for completion in _completions(position // copies, output, first_sample=position % copies,
+                                           switches=self._switches)
         ]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> float:
@@ -190,10 +209,22 @@ class VLLMEngine:
         self.llm.collective_rpc("join_weight_group", args=(host, port, rank_offset, world_size, buckets, timeout_s))
 
     def receive_weights(self, version: int) -> float:
-        """Take one broadcast round (the learner sends it at the same time); seconds taken."""
+        """Take one broadcast round (the learner sends it at the same time); seconds taken.
+
+        With in-flight updates this runs beside `generate` (module docstring) and records, for every
+        request under way, the token from which `version` made the rest.
+        """
         start = time.perf_counter()
-        self.llm.collective_rpc("receive_weights")
-        self.llm.reset_prefix_cache()
+        result = self.llm.collective_rpc("receive_weights")[0]
+        if self.inflight:
+            states = dict(self.llm.llm_engine.output_processor.request_states)  # internal id -> its request
+            for request_id, made in result["generated"].items():
+                state = states.get(request_id)
+                if state is not None:
+                    key = (state.external_req_id, state.request_index)
+                    self._switches.setdefault(key, []).append((made, version))
+        else:
+            self.llm.reset_prefix_cache()
         self.policy_version = version
         return time.perf_counter() - start
 
@@ -241,14 +272,37 @@ def max_model_len(model_path: str, options: RolloutSection) -> int:
     return min(wanted, limit) if limit else wanted
 
 
-def _completions(prompt_index: int, output, first_sample: int = 0) -> list[Completion]:
-    """The samples of one vLLM RequestOutput, in sample order, numbered from `first_sample`."""
+def _serialise_sends(client) -> None:
+    """Make the engine-core client's request sends thread-safe: in-flight rounds send from a second thread.
+
+    vLLM's synchronous client writes every request (new generations, utility calls) on one ZeroMQ
+    socket, which is not safe to use from two threads at once; results come back on its own thread.
+    """
+    import threading
+
+    lock, send = threading.Lock(), client._send_input
+
+    def locked(*args, **kwargs):
+        with lock:
+            return send(*args, **kwargs)
+
+    client._send_input = locked
+
+
+def _completions(prompt_index: int, output, first_sample: int = 0,
+                 switches: dict | None = None) -> list[Completion]:
+    """The samples of one vLLM RequestOutput, in sample order, numbered from `first_sample`.
+
+    `switches`: in-flight weight changes recorded per (request id, sample index); this output's are
+    taken out of it (those at or past the sample's end changed none of its tokens).
+    """
     completions = []
     for sample in sorted(output.outputs, key=lambda s: s.index):
         if sample.finish_reason not in ("stop", "length"):
             raise RuntimeError(f"vLLM finished prompt {prompt_index} sample {sample.index} with {sample.finish_reason!r}")
         tokens = list(sample.token_ids)
         logprobs = [step[token].logprob for step, token in zip(sample.logprobs, tokens)]
+        changed = (switches or {}).pop((output.request_id, sample.index), [])
         completions.append(
             Completion(
                 prompt_index=prompt_index,
@@ -257,6 +311,7 @@ def _completions(prompt_index: int, output, first_sample: int = 0) -> list[Compl
                 logprobs=logprobs,
                 finish_reason=sample.finish_reason,
                 text=sample.text,
+                version_switches=tuple((made, version) for made, version in changed if made < len(tokens)),
             )
         )
     return completions

@@ -32,11 +32,17 @@ class WeightReceiver:
         self._weight_buckets = [Bucket.from_wire(b) for b in buckets]
         return self._weight_group.rank
 
-    def receive_weights(self) -> int:
-        """Take one broadcast round into the model; returns the bytes received."""
+    def receive_weights(self) -> dict:
+        """Take one broadcast round into the model.
+
+        Returns {"bytes": received, "generated": {request id: tokens generated so far}}: the requests this
+        worker holds when the round starts (between two decoding steps), so that an in-flight update
+        knows which of their tokens the old weights made.
+        """
         group = getattr(self, "_weight_group", None)
         if group is None:
             raise RuntimeError("receive_weights before join_weight_group")
+        generated = {rid: len(state.output_token_ids) for rid, state in getattr(self.model_runner, "requests", {}).items()}
         received = 0
 
         def stream():
@@ -46,7 +52,7 @@ class WeightReceiver:
                 yield name, tensor
 
         self.model_runner.reload_weights(weights_iterator=stream())
-        return received
+        return {"bytes": received, "generated": generated}
 
     def leave_weight_group(self) -> None:
         group = getattr(self, "_weight_group", None)

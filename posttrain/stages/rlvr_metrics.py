@@ -9,7 +9,11 @@ Keys (metrics.jsonl, TensorBoard):
   (mean), `response/length_max`, `response/truncated_frac`,
   `response/format_rate` (share in the variant's shape); `staleness/mean`,
   `staleness/max` (learner steps between the generating weights and the
-  update); `verifier/unscored` (crashes, timeouts, None: scored 0).
+  update, from a response's first token), `staleness/token_mean` (per token,
+  from the weights that made it: lower than `staleness/mean` when in-flight
+  updates changed them mid-response), `inflight/switched_frac` (share of
+  responses whose weights changed mid-way); `verifier/unscored` (crashes,
+  timeouts, None: scored 0).
 - update (token-weighted over the step): `loss`, `entropy`, `clip_frac`
   (`clip_frac_low` + `clip_frac_high`), `approx_kl` (old vs updated policy,
   non-zero only with several minibatches), `is_ratio/mean`, `is_ratio/std`,
@@ -47,7 +51,7 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
     kept or not)."""
     by_verifier: dict[str, list[float]] = defaultdict(list)
     passes: dict[str, list[bool]] = defaultdict(list)  # every verifier of the row passed
-    lengths, truncated, staleness = [], [], []
+    lengths, truncated, staleness, token_staleness, switched = [], [], [], [0, 0], []
     for group in groups:
         by_verifier[group.verifier_name].extend(group.rewards)
         passes[group.verifier_name].extend(f >= PASS for f in score_fractions(group))
@@ -56,6 +60,11 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
     for group, keep in zip(groups, kept):
         if keep:
             staleness.extend([step - group.version] * len(group.rewards))
+            for sample in range(len(group.response_ids)):
+                segments = group.token_versions(sample)
+                token_staleness[0] += sum(count * (step - version) for count, version in segments)
+                token_staleness[1] += sum(count for count, _ in segments)
+                switched.append(len(segments) > 1)
     rewards = [r for values in by_verifier.values() for r in values]
     out = dict(zip(("reward/mean", "reward/std"), _mean_std(rewards)))
     out["pass_rate"] = sum(sum(p) for p in passes.values()) / max(len(rewards), 1)
@@ -71,6 +80,8 @@ def rollout_metrics(groups: Sequence[Group], kept: Sequence[bool], step: int, dr
         "response/truncated_frac": sum(truncated) / max(len(truncated), 1),
         "staleness/mean": sum(staleness) / len(staleness) if staleness else 0.0,
         "staleness/max": max(staleness, default=0),
+        "staleness/token_mean": token_staleness[0] / token_staleness[1] if token_staleness[1] else 0.0,
+        "inflight/switched_frac": sum(switched) / len(switched) if switched else 0.0,
         "verifier/unscored": unscored,
     })
     if style is not None:
@@ -151,7 +162,7 @@ PLOT_GROUPS = {
     "kl": ("approx_kl", "engine_kl", "kl_ref"),
     "clip": ("clip_frac_low", "clip_frac_high"),
     "is_ratio": ("is_ratio/mean", "is_ratio/std", "is_ratio/outside_frac"),
-    "staleness": ("staleness/mean", "staleness/max"),
+    "staleness": ("staleness/mean", "staleness/max", "staleness/token_mean"),
     "throughput": ("tokens_per_s/generate", "tokens_per_s/train"),
     "idle": ("idle/learner", "idle/engine"),
     "time": ("time/generate", "time/score", "time/advantages", "time/logprobs", "time/update", "time/sync",

@@ -190,3 +190,37 @@ def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(loc
     finally:
         engines.shutdown()
         learners.shutdown()
+
+
+def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ray, checkpoints):
+    """rollout.inflight_updates: the round runs beside a long generation; the requests under way carry on with
+    the new weights from the token where the round landed, and each completion says where that was."""
+    engines_from, learner_from = checkpoints
+    config = rlvr_config(engines_from, engine="vllm", num_engines=1, kv_cache_gib=1, gpu_memory_utilization=0.1,
+                         max_response_length=1500, inflight_updates=True)
+    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    long = dict(temperature=0, max_tokens=1500)
+    try:
+        engines.wait_ready()
+        actor = engines.actors[0]
+        sync = WEIGHT_SYNCS.get("broadcast")(learners, engines, config)
+        sync.connect()
+        alone = ray.get(actor.generate.remote(PROMPTS, 1, **long), timeout=600)
+        generating = actor.generate_timed.remote(PROMPTS, 1, **long)
+        time.sleep(2.0)
+        round_ = sync.push(1)
+        sync.settle(round_)
+        done, _ = ray.wait([generating], timeout=0)
+        assert not done, "the round should land while the generation is still under way"
+        completions, info = ray.get(generating, timeout=600)
+    finally:
+        engines.shutdown()
+        learners.shutdown()
+    assert info["first_version"] == 0 and info["policy_version"] == 1
+    switched = [(c, a) for c, a in zip(completions, alone) if c.version_switches]
+    assert switched, [len(c.token_ids) for c in completions]
+    for completion, before in switched:
+        ((made, version),) = completion.version_switches
+        assert version == 1 and 0 < made < len(completion.token_ids)
+        assert completion.token_ids[:made] == before.token_ids[:made]  # the old weights made these
+    assert any(c.token_ids != a.token_ids for c, a in switched)  # and the new ones the rest
