@@ -230,4 +230,4 @@ def start_judge(judge: JudgeSection | None) -> JudgeService | None:
     """A `JudgeService` for the recipe's `judge` section (a local model path made absolute), or None without one."""
     from posttrain.orchestration.cluster import actor_path
 
-    return None if judge is None else JudgeService(judge, actor_path(judge.model))
+    return None if judge is None else JudgeService(judge, actor_path(judge.model), program=SERVER)
