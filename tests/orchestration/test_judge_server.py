@@ -65,6 +65,18 @@ def test_bad_judge_sections_fail_at_load_naming_the_key(overrides, message):
     assert message in str(err.value)
 
 
+def test_the_readme_snippet_is_a_valid_rlvr_recipe_part():
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "judge:" in b)
+    config = rlvr(**{f"{section}.{key}": value for section, keys in yaml.safe_load(snippet).items()
+                     for key, value in keys.items()})
+    assert config.judge.num_gpus == 4 and config.verifiers.num_workers == "auto"
+
+
 def test_other_llm_judge_options_stay_beside_a_served_judge():
     config = rlvr(**{"judge.model": "m", "verifiers.options.llm_judge.max_tokens": 16})
     assert config.verifiers.options["llm_judge"] == {"max_tokens": 16}
