@@ -159,9 +159,6 @@ class JudgeServer:
         with open(self.log_path, errors="replace") as log:
             return log.read()[-chars:]
 
-    def pid(self) -> int:
-        return self.process.pid
-
     def shutdown(self, grace: float = 20.0) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
         if self.process.poll() is not None:
@@ -184,9 +181,9 @@ class JudgeService:
     def __init__(self, judge: JudgeSection, model_path: str, program: tuple[str, ...] = SERVER):
         """Start the server (returns at once; `hand_off` waits for it); `program` as `JudgeServer`'s."""
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from posttrain.orchestration.cluster import bundle, reserve, worker_env
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.judge, self.api_key = judge, secrets.token_urlsafe(24)
         resources = bundle(judge.cpus, judge.num_gpus)
