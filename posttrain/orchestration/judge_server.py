@@ -115,14 +115,16 @@ class JudgeServer:
     Runs `python PROGRAM ARGS --port P` with this node's Python: `program` is
     `SERVER` (vLLM's server module) unless a test serves something smaller;
     `args` are `server_args`; `port` None picks a free one here. The extra
-    environment comes from the actor's runtime_env (`server_env`).
+    environment comes from the actor's runtime_env (`server_env`). The log
+    goes to a new file in `log_dir` (default: the node's temporary directory)
+    and stays there after the server stops.
     """
 
     def __init__(self, args: list[str], port: int | None = None, api_key: str | None = None,
-                 program: tuple[str, ...] = SERVER):
+                 program: tuple[str, ...] = SERVER, log_dir: str | None = None):
         self.port = port or _free_port()
         self.api_key = api_key
-        handle, self.log_path = tempfile.mkstemp(prefix="posttrain-judge-", suffix=".log")
+        handle, self.log_path = tempfile.mkstemp(prefix="posttrain-judge-", suffix=".log", dir=log_dir)
         with os.fdopen(handle, "w") as log:
             self.process = subprocess.Popen([sys.executable, *program, *args, "--port", str(self.port)], stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
@@ -178,8 +180,9 @@ class JudgeServer:
 class JudgeService:
     """The driver's handle: a `JudgeServer` actor in its own placement group, its endpoint and shutdown."""
 
-    def __init__(self, judge: JudgeSection, model_path: str, program: tuple[str, ...] = SERVER):
-        """Start the server (returns at once; `hand_off` waits for it); `program` as `JudgeServer`'s."""
+    def __init__(self, judge: JudgeSection, model_path: str, program: tuple[str, ...] = SERVER,
+                 log_dir: str | None = None):
+        """Start the server (returns at once; `hand_off` waits for it); `program`, `log_dir` as `JudgeServer`'s."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -192,7 +195,7 @@ class JudgeService:
             num_cpus=judge.cpus, num_gpus=judge.num_gpus,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=0),
             runtime_env={"env_vars": worker_env(server_env(judge, self.api_key))},
-        ).remote(server_args(judge, model_path), judge.port, self.api_key, program)
+        ).remote(server_args(judge, model_path), judge.port, self.api_key, program, log_dir)
         self.endpoint: str | None = None
 
     def wait(self) -> str:

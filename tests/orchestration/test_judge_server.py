@@ -120,13 +120,13 @@ def test_hand_off_sets_endpoint_model_and_key_for_llm_judge_only():
 # The server process, in this process (no Ray)
 
 
-def start_fake(*flags: str, key: str | None = "k") -> JudgeServer:
-    return JudgeServer(["--served-model-name", "j", *flags], api_key=key, program=FAKE)
+def start_fake(log_dir: Path, *flags: str) -> JudgeServer:
+    return JudgeServer(["--served-model-name", "j", *flags], api_key="k", program=FAKE, log_dir=str(log_dir))
 
 
-def test_a_server_that_answers_gives_its_endpoint(monkeypatch):
+def test_a_server_that_answers_gives_its_endpoint(monkeypatch, tmp_path):
     monkeypatch.setenv("VLLM_API_KEY", "k")  # JudgeService passes it through the actor's environment
-    server = start_fake()
+    server = start_fake(tmp_path)
     try:
         ok, endpoint = server.wait_ready(timeout=30)
         assert ok and endpoint.startswith("http://") and endpoint.endswith(f":{server.port}/v1")
@@ -135,16 +135,16 @@ def test_a_server_that_answers_gives_its_endpoint(monkeypatch):
     assert server.process.poll() is not None
 
 
-def test_a_server_that_exits_fails_with_its_status_and_log():
-    server = start_fake("--fail")
+def test_a_server_that_exits_fails_with_its_status_and_log(tmp_path):
+    server = start_fake(tmp_path, "--fail")
     ok, message = server.wait_ready(timeout=30)
     assert not ok
     assert "exited with status 3 before serving" in message and "cannot load the model" in message
     assert server.log_path in message
 
 
-def test_a_server_that_never_answers_times_out_and_is_stopped():
-    server = start_fake("--hang")
+def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path):
+    server = start_fake(tmp_path, "--hang")
     start = time.monotonic()
     ok, message = server.wait_ready(timeout=2)
     assert not ok and time.monotonic() - start < 15
@@ -181,7 +181,7 @@ def port_open(endpoint: str, key: str) -> bool:
 
 
 @pytest.mark.slow
-def test_reward_workers_score_through_the_served_judge_and_its_death_stops_the_server(local_ray):
+def test_reward_workers_score_through_the_served_judge_and_its_death_stops_the_server(local_ray, tmp_path):
     """The stage's path with the stand-in server: a JudgeService on Ray, its endpoint handed to a reward worker,
     which scores llm_judge rows through it (the per-run key is required and passed); killing the actor stops the
     server (PR_SET_PDEATHSIG), so no server outlives its run."""
@@ -190,7 +190,8 @@ def test_reward_workers_score_through_the_served_judge_and_its_death_stops_the_s
     from posttrain.orchestration.actors import RewardWorker
     from posttrain.orchestration.judge_server import JudgeService
 
-    service = JudgeService(JudgeSection(model="unused", served_name="j", cpus=0.5), "unused", program=FAKE)
+    service = JudgeService(JudgeSection(model="unused", served_name="j", cpus=0.5), "unused", program=FAKE,
+                           log_dir=str(tmp_path))
     try:
         options = service.hand_off({"llm_judge": {"timeout": 10}})
         assert options["llm_judge"]["endpoint"] == service.endpoint and options["llm_judge"]["model"] == "j"
@@ -209,10 +210,11 @@ def test_reward_workers_score_through_the_served_judge_and_its_death_stops_the_s
 
 
 @pytest.mark.slow
-def test_a_judge_that_cannot_start_fails_the_run_with_its_log(local_ray):
+def test_a_judge_that_cannot_start_fails_the_run_with_its_log(local_ray, tmp_path):
     from posttrain.orchestration.judge_server import JudgeService
 
-    service = JudgeService(JudgeSection(model="unused", cpus=0.5, extra_args=["--fail"]), "unused", program=FAKE)
+    service = JudgeService(JudgeSection(model="unused", cpus=0.5, extra_args=["--fail"]), "unused", program=FAKE,
+                           log_dir=str(tmp_path))
     try:
         with pytest.raises(JudgeServerError, match="exited with status 3 before serving") as err:
             service.hand_off({})
@@ -223,7 +225,7 @@ def test_a_judge_that_cannot_start_fails_the_run_with_its_log(local_ray):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_vllm_judge_on_ray_scores_for_a_reward_worker(tiny_dir, local_ray, monkeypatch):
+def test_vllm_judge_on_ray_scores_for_a_reward_worker(tiny_dir, local_ray, monkeypatch, tmp_path):
     """vLLM's OpenAI server with the tiny model, started by the judge actor on Ray, answers llm_judge requests
     from a reward worker. Constrained to two score strings (vLLM structured outputs), the reply must parse to one
     of them; free-form, the tiny model writes noise, so the verdict is a score or "no score in reply", never a
@@ -236,7 +238,7 @@ def test_vllm_judge_on_ray_scores_for_a_reward_worker(tiny_dir, local_ray, monke
     judge = JudgeSection(model=str(tiny_dir / "base"), served_name="tiny-judge", cpus=1, max_model_len=512,
                          kv_cache_gib=1, gpu_memory_utilization=0.05, dtype="float32", startup_timeout=300)
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "WARNING")  # reaches the server through the actor's environment
-    service = JudgeService(judge, str(tiny_dir / "base"))
+    service = JudgeService(judge, str(tiny_dir / "base"), log_dir=str(tmp_path))
     try:
         options = service.hand_off({"llm_judge": {"max_tokens": 8, "timeout": 120}})
         choice = {**options["llm_judge"], "extra_body": {"structured_outputs": {"choice": ["Score: 2", "Score: 9"]}}}
