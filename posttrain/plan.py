@@ -12,8 +12,9 @@ Counting rules:
 
 - GPUs: learners are `distributed.num_workers` (one rank per GPU, when
   `distributed.use_gpu`); inference is `rollout.num_engines x
-  rollout.tensor_parallel_size`. Learners and engines sit on separate nodes
-  of `Facts.gpus_per_node` GPUs, unless both fit on one node together.
+  rollout.tensor_parallel_size`; an RLVR `judge` server adds `judge.num_gpus`.
+  Learners, engines and the judge sit on separate nodes of
+  `Facts.gpus_per_node` GPUs, unless all fit on one node together.
 - Every learner rank is data-parallel: each processes
   `batch.micro_batch_size` sequences of `data.max_length` tokens per forward
   pass, and gradient accumulation makes up the rest.
@@ -105,10 +106,11 @@ class Resources:
     learners: int  # learner ranks (GPUs when on_gpu), all data-parallel
     engine_gpus: int  # rollout.num_engines x tensor_parallel_size (RLVR on GPU), else 0
     nodes: int
+    judge_gpus: int = 0  # judge.num_gpus (RLVR with a served judge, on GPU), else 0
 
     @property
     def gpus(self) -> int:
-        return (self.learners + self.engine_gpus) if self.on_gpu else 0
+        return (self.learners + self.engine_gpus + self.judge_gpus) if self.on_gpu else 0
 
 
 @dataclass
@@ -152,7 +154,9 @@ def resources(plan: Plan, config: StageConfig, per_node: int) -> Resources:
     dist = config.distributed
     rollout = getattr(config, "rollout", None)
     engines = rollout.num_engines * rollout.tensor_parallel_size if rollout is not None and dist.use_gpu else 0
-    res = Resources(dist.use_gpu, per_node, dist.num_workers, engines, 0)
+    judge = getattr(config, "judge", None)
+    judge_gpus = judge.num_gpus if judge is not None and dist.use_gpu else 0
+    res = Resources(dist.use_gpu, per_node, dist.num_workers, engines, 0, judge_gpus)
     if not dist.use_gpu:
         res.nodes = 1
         plan.add("learners", f"{dist.num_workers} CPU rank(s), no GPUs (distributed.use_gpu is false)")
@@ -163,14 +167,16 @@ def resources(plan: Plan, config: StageConfig, per_node: int) -> Resources:
         _check_engines(plan, rollout.tensor_parallel_size, per_node)
     _check_fills_nodes(plan, "learner GPUs (distributed.num_workers)", dist.num_workers, per_node)
     _check_fills_nodes(plan, "inference GPUs (rollout.num_engines x tensor_parallel_size)", engines, per_node)
-    if dist.num_workers + engines <= per_node:
+    if dist.num_workers + engines + judge_gpus <= per_node:
         res.nodes = 1
     else:
-        res.nodes = math.ceil(dist.num_workers / per_node) + math.ceil(engines / per_node)
+        res.nodes = sum(math.ceil(gpus / per_node) for gpus in (dist.num_workers, engines, judge_gpus))
     plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)})")
     if rollout is not None:
         engines_are = f"{rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}"
         plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {engines_are}")
+    if judge_gpus:
+        plan.add("judge", f"{judge_gpus} GPUs ({_nodes(judge_gpus, per_node)}): {judge.model} served by vLLM")
     plan.add("total", f"{res.gpus} GPUs on {res.nodes} node(s) of {per_node}")
     return res
 

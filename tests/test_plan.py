@@ -439,3 +439,11 @@ def test_cli_rejects_bad_recipe_and_bad_option(capsys):
             main(["plan", str(OLMO3 / "7b/think/dpo.yaml"), *bad])
         assert exit_.value.code == 2
         assert f"argument {bad[0]}:" in capsys.readouterr().err
+
+
+def test_a_served_judge_adds_its_gpus_and_node():
+    """7B Think RLVR with a 4-GPU judge: 72 + 4 = 76 GPUs held throughout, on 9 + 1 = 10 nodes."""
+    plain, judged = plan_of("7b/think/rlvr"), plan_of("7b/think/rlvr", "judge.model=Qwen/Qwen3-32B", "judge.num_gpus=4")
+    assert (judged.resources.judge_gpus, judged.resources.gpus, judged.resources.nodes) == (4, 76, 10)
+    assert judged.gpu_hours == pytest.approx(plain.gpu_hours * 76 / 72)
+    assert "4 GPUs (part of a node): Qwen/Qwen3-32B served by vLLM" in render(judged, Assumptions())

@@ -63,14 +63,15 @@ class EngineActor:
         return self.engine.generate(prompts, n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
     def generate_timed(self, prompts: list[list[int]], n: int, **sampling) -> tuple[list, dict]:
-        """`generate`, plus {"seconds", "policy_version", "first_version"} of the call (RLVR's idle-time and
-        staleness bookkeeping; the versions at its end and start differ only with in-flight updates)."""
+        """`generate`, plus {"seconds", "policy_version", "first_version", "finished_at"} of the call (RLVR's
+        idle-time, staleness and scorer-queue bookkeeping: the versions at its end and start differ only with
+        in-flight updates; finished_at is wall-clock time)."""
         import time
 
         start, first_version = time.perf_counter(), self.engine.policy_version
         completions = self.generate(prompts, n, **sampling)
         return completions, {"seconds": time.perf_counter() - start, "policy_version": self.engine.policy_version,
-                             "first_version": first_version}
+                             "first_version": first_version, "finished_at": time.time()}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> float:
         return self.engine.load_weights(named_tensors, version)
@@ -268,6 +269,14 @@ class RewardWorker:
                  for c in completions]
         results = rewards.score_batch(items, max_workers=self.max_workers, timeout=self.timeout, options=self.options)
         return [(float(r.score), bool(r.scored), r.reason) for r in results]
+
+    def score_timed(self, completions: Sequence[Any], labels: Sequence[tuple[Any, Any]]) -> tuple[list, dict]:
+        """`score`, plus {"started_at" (wall clock), "seconds"} of the call (the scorer-queue metrics)."""
+        import time
+
+        started_at, start = time.time(), time.perf_counter()
+        scores = self.score(completions, labels)
+        return scores, {"started_at": started_at, "seconds": time.perf_counter() - start}
 
     def ping(self) -> int:
         return os.getpid()

@@ -33,6 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from posttrain.orchestration.scoring import reward_worker_count
+
 # Copied from the driver's environment into every worker when set.
 WORKER_ENV_VARS = (
     "HF_HUB_OFFLINE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
@@ -160,7 +162,8 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
     """{role: one resource bundle per actor} of a stage's recipe (roles without a reservation are left out).
 
     Learner ranks for every stage; RLVR recipes (those with `rollout`) add the
-    engines, the reward workers and, with a KL term, the reference policy.
+    engines, the reward workers, with a KL term the reference policy, and with
+    a `judge` section the judge server.
     """
     dist = config.distributed
     gpu = 1.0 if dist.use_gpu else 0.0
@@ -169,10 +172,14 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
     if rollout is not None:
         roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
                            for _ in range(rollout.num_engines)]
-        if config.verifiers.cpus_per_worker > 0:
-            roles["reward"] = [bundle(config.verifiers.cpus_per_worker) for _ in range(config.verifiers.num_workers)]
+        v = config.verifiers
+        if v.cpus_per_worker > 0:
+            count = reward_worker_count(v.num_workers, rollout.num_engines, v.engines_per_worker)
+            roles["reward"] = [bundle(v.cpus_per_worker) for _ in range(count)]
         if config.grpo.kl_coef > 0:
             roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
+        if getattr(config, "judge", None) is not None:
+            roles["judge"] = [bundle(config.judge.cpus, config.judge.num_gpus)]
     return roles
 
 
@@ -186,8 +193,9 @@ def check_resources(config) -> None:
     problems = missing_resources(every, ray.cluster_resources(), nodes)
     if problems:
         needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
-        knobs = "distributed.num_workers, rollout.num_engines, verifiers.num_workers or their cpus_per_* / GPUs" \
-            if "engine" in roles else "distributed.num_workers, distributed.cpus_per_worker or distributed.use_gpu"
+        knobs = ("distributed.num_workers, rollout.num_engines, verifiers.num_workers, judge.cpus / num_gpus or their "
+                 "cpus_per_* / GPUs") if "engine" in roles else \
+            "distributed.num_workers, distributed.cpus_per_worker or distributed.use_gpu"
         raise ClusterResourceError(
             f"{config.stage.upper()} needs {needs}; it does not fit: {'; '.join(problems)}. Lower {knobs}, "
             "or join a bigger cluster (distributed.ray_address or RAY_ADDRESS)."

@@ -14,8 +14,9 @@ learner trains on step s. Each group records the version that generated it
 
 A request is one engine's share of a step's prompts: `engine.generate_timed`
 returns (completions, info), and its completions go straight (as an
-ObjectRef, without passing through the driver) to a reward worker's
-`score`, so scoring also runs while the learner trains.
+ObjectRef, without passing through the driver) to the least-loaded reward
+worker's `score_timed` (`RewardPool.submit`, posttrain/orchestration/scoring.py),
+so scoring also runs while the learner trains.
 
 Active sampling (`grpo.active_sampling`): when fewer than
 `grpo.prompts_per_step` groups of a step are informative (not all rewards
@@ -62,8 +63,9 @@ class Request:
     engine: int = 0
     actor: Any = None
     completions: Any = None  # ObjectRef: list[Completion]
-    info: Any = None  # ObjectRef: {"seconds", "policy_version"}
+    info: Any = None  # ObjectRef: {"seconds", "policy_version", "finished_at"}
     scores: Any = None  # ObjectRef: [(score, scored, reason)] per completion
+    score_info: Any = None  # ObjectRef: {"started_at", "seconds"} of the scoring call
     scorer: int = 0
     version: int = 0
     retries: int = 0
@@ -79,6 +81,15 @@ class StepRollouts:
     engine_seconds: float  # summed generation time of this step's requests, over engines
     generated_tokens: int
     unscored: Counter = field(default_factory=Counter)  # "verifier: reason" -> count
+    score_seconds: float = 0.0  # summed scoring time of this step's requests, over reward workers
+    score_waits: list[float] = field(default_factory=list)  # per request: seconds from generated to scoring started
+
+    def plus(self, more: "StepRollouts") -> "StepRollouts":
+        """This step's rollouts and an active-sampling refill's, as one (one more refill round)."""
+        return StepRollouts(self.groups + more.groups, self.drawn + more.drawn, self.refills + 1,
+                            self.engine_seconds + more.engine_seconds, self.generated_tokens + more.generated_tokens,
+                            self.unscored + more.unscored, self.score_seconds + more.score_seconds,
+                            self.score_waits + more.score_waits)
 
 
 class RolloutQueue:
@@ -127,9 +138,9 @@ class RolloutQueue:
         return self._score(request)
 
     def _score(self, request: Request) -> Request:
-        request.scorer = (request.engine + request.retries) % len(self.scorers)
         labels = [(p.verifier, p.ground_truth) for p in request.prompts]
-        request.scores = self.scorers.actors[request.scorer].score.remote(request.completions, labels)
+        request.scorer, request.scores, request.score_info = self.scorers.submit(
+            request.completions, labels, items=len(request.prompts) * request.n)
         return request
 
     # ------------------------------------------------------------------ collecting
@@ -143,28 +154,23 @@ class RolloutQueue:
         self.fill(step)
         timers = timers or _NoTimers()
         requests = self.pending.pop(step)
-        groups, seconds, tokens, unscored = self._gather(requests, timers)
-        drawn, refills = sum(len(r.prompts) for r in requests), 0
-        useful = sum(self.informative(groups))
-        while self.active_sampling and useful < self.prompts_per_step and refills < self.max_rounds:
+        rollouts = self._gather(requests, timers)
+        useful = sum(self.informative(rollouts.groups))
+        while self.active_sampling and useful < self.prompts_per_step and rollouts.refills < self.max_rounds:
             missing = self.prompts_per_step - useful
             # draw as many as the informative share seen so far suggests are needed (at least the gap)
-            rate = max(useful / max(len(groups), 1), 0.25)
+            rate = max(useful / max(len(rollouts.groups), 1), 0.25)
             extra = self._submit_prompts(step, min(4 * missing, max(missing, round(missing / rate))))
-            more, s, t, u = self._gather(extra, timers)
-            groups, seconds, tokens = groups + more, seconds + s, tokens + t
-            unscored.update(u)
-            drawn, refills = drawn + sum(len(r.prompts) for r in extra), refills + 1
-            useful = sum(self.informative(groups))
-        return StepRollouts(groups, drawn, refills, seconds, tokens, unscored)
+            rollouts = rollouts.plus(self._gather(extra, timers))
+            useful = sum(self.informative(rollouts.groups))
+        return rollouts
 
     def evaluate(self, prompts: Sequence[Prompt], sampling: dict) -> list[Group]:
         """Generate one response per prompt (greedy unless `sampling` says otherwise) and score it."""
         shares = _split(list(prompts), len(self.engines))
         requests = [self._send(Request(-1, share, 1, sampling, self.seed, self.stream.cursor))
                     for share in shares if share]
-        groups, *_ = self._gather(requests, _NoTimers())
-        return groups
+        return self._gather(requests, _NoTimers()).groups
 
     def position(self) -> int:
         """Data cursor to resume from: before the oldest prompt not yet trained on."""
@@ -177,19 +183,25 @@ class RolloutQueue:
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=600)
 
-    def _gather(self, requests: list[Request], timers) -> tuple[list[Group], float, int, Counter]:
+    def _gather(self, requests: list[Request], timers) -> StepRollouts:
+        """The groups of `requests` and what making them took (no refills)."""
         with timers("generate"):
             generated = [self._generated(request) for request in requests]
         with timers("score"):
             scores = [self._scored(request) for request in requests]
         groups, seconds, tokens, unscored = [], 0.0, 0, Counter()
-        for request, (completions, info), scored in zip(requests, generated, scores):
+        score_seconds, waits = 0.0, []
+        for request, (completions, info), (scored, score_info) in zip(requests, generated, scores):
             seconds += info["seconds"]
             tokens += sum(len(c.token_ids) for c in completions)
             groups.extend(_groups(request, completions, scored, info.get("first_version", info["policy_version"]),
                                   unscored))
+            score_seconds += score_info["seconds"]
+            # wall clocks of two nodes: clamp the skew that would show as a negative wait
+            waits.append(max(0.0, score_info["started_at"] - info["finished_at"]))
         self.unscored_total.update(unscored)
-        return groups, seconds, tokens, unscored
+        drawn = sum(len(r.prompts) for r in requests)
+        return StepRollouts(groups, drawn, 0, seconds, tokens, unscored, score_seconds, waits)
 
     def _generated(self, request: Request) -> tuple[list, dict]:
         """The request's completions and info; a dead engine is restarted and the request sent again."""
@@ -202,15 +214,17 @@ class RolloutQueue:
                     raise
                 self.engines.restart(request.engine, request.actor)
                 request.retries += 1
-                failed = request.scores
+                failed = [request.scores, request.score_info]  # both fail with the engine
                 self._send(request)
-                _settle(failed)
+                for ref in failed:
+                    _settle(ref)
 
-    def _scored(self, request: Request) -> list:
-        """The request's scores; a dead reward worker is restarted and the completions scored again."""
+    def _scored(self, request: Request) -> tuple[list, dict]:
+        """The request's scores and scoring info; a dead reward worker is restarted and the completions scored again."""
         while True:
             try:
-                return ray.get(request.scores)
+                scores, info = ray.get([request.scores, request.score_info])
+                return scores, info
             except RayActorError:
                 if request.retries >= MAX_REQUEST_RETRIES:
                     raise

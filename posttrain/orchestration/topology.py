@@ -6,7 +6,8 @@ Placement, from the recipe (one bundle per actor):
 | --- | --- | --- |
 | learner | `distributed.num_workers` | `distributed.cpus_per_worker` CPUs (+1 GPU with `use_gpu`) |
 | engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`) |
-| reward | `verifiers.num_workers` | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
+| reward | `verifiers.num_workers` (auto: one per `verifiers.engines_per_worker` engines) | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
+| judge | 1 with a `judge` section (posttrain/orchestration/judge_server.py) | `judge.cpus` CPUs + `judge.num_gpus` GPUs |
 | reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
 
 `check_resources` (posttrain/orchestration/cluster.py; every stage runs it on
@@ -19,7 +20,8 @@ the roles may sit on different nodes.
 `EnginePool` and `RewardPool` own their actors: they restart a dead one in
 its bundle (`restart`), and an engine restarted mid-run is sent the latest
 learner weights before it gets prompts again (by the pool's weight sync,
-posttrain/orchestration/weight_sync.py).
+posttrain/orchestration/weight_sync.py). `RewardPool.submit` sends a
+request to the least-loaded reward worker (posttrain/orchestration/scoring.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
 from posttrain.orchestration.cluster import bundle, check_resources, reserve, role_bundles, worker_env  # noqa: F401 (re-exported)
+from posttrain.orchestration.scoring import ScorerLoad, reward_worker_count
 
 
 def _in_bundle(group, index: int) -> PlacementGroupSchedulingStrategy:
@@ -90,22 +93,39 @@ class EnginePool:
 
 
 class RewardPool:
-    """`verifiers.num_workers` reward-worker actors (rewards.score_batch) and restarts."""
+    """Reward-worker actors (rewards.score_batch), least-loaded routing and restarts.
 
-    def __init__(self, config: RLVRConfig):
+    `options`: the verifiers' context (default `verifiers.options`; with a
+    judge server, those options with its endpoint handed to llm_judge).
+    """
+
+    def __init__(self, config: RLVRConfig, options: dict | None = None):
         self.config = config
+        self.options = config.verifiers.options if options is None else options
         self.bundles = role_bundles(config).get("reward")
         self.group = reserve(self.bundles, f"reward workers ({len(self.bundles)} x {self.bundles[0]})") \
             if self.bundles else None
-        self.actors = [self._spawn(i) for i in range(config.verifiers.num_workers)]
+        v = config.verifiers
+        self.actors = [self._spawn(i) for i in range(reward_worker_count(v.num_workers, config.rollout.num_engines,
+                                                                          v.engines_per_worker))]
+        self.load = ScorerLoad(len(self.actors))
         self.restarts = 0
 
     def _spawn(self, index: int):
         v = self.config.verifiers
-        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env()}}
+        # out of order: a call runs as soon as its completions exist, not behind earlier calls still waiting for theirs
+        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env()},
+                                   "allow_out_of_order_execution": True}
         if self.group is not None:
             options["scheduling_strategy"] = _in_bundle(self.group, index)
-        return ray.remote(RewardWorker).options(**options).remote(v.modules, v.max_workers, v.timeout, v.options)
+        return ray.remote(RewardWorker).options(**options).remote(v.modules, v.max_workers, v.timeout, self.options)
+
+    def submit(self, completions, labels: list, items: int) -> tuple[int, Any, Any]:
+        """Score `completions` (a ref) on the least-loaded worker: (worker index, scores ref, info ref)."""
+        index = self.load.pick()
+        scores, info = self.actors[index].score_timed.options(num_returns=2).remote(completions, labels)
+        self.load.add(index, scores, items)
+        return index, scores, info
 
     def __len__(self) -> int:
         return len(self.actors)

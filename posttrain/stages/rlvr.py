@@ -44,6 +44,11 @@ that sampled the token. Departures from GRPO as published (Shao et al.
 
 A step is six named, timed phases (`time/<phase>`): generate, score (waits
 for the engines and the reward workers), advantages, logprobs, update, sync.
+Reward workers: `verifiers.num_workers` (auto: one per
+`verifiers.engines_per_worker` engines), each request scored by the least
+loaded (posttrain/orchestration/scoring.py). A `judge` section serves an LLM
+judge with vLLM on the cluster and hands its endpoint to `llm_judge`
+(posttrain/orchestration/judge_server.py).
 Held-out pass@1 per verifier is measured on the engines before training,
 every `eval.every` steps and at the end. `output.save_every` steps, and on
 Ctrl-C or SIGTERM (after the current step), a resumable checkpoint keeps
@@ -63,6 +68,7 @@ from posttrain.data.rlvr import PromptStream, informative_groups, load_prompts, 
 from posttrain.eval.heldout import summarize
 from posttrain.metrics import PhaseTimers, TrainingClock
 from posttrain.orchestration.cluster import actor_path
+from posttrain.orchestration.judge_server import start_judge
 from posttrain.orchestration.policy_update import fill_logprobs, update_policy
 from posttrain.orchestration.rollout_queue import RolloutQueue
 from posttrain.orchestration.topology import EnginePool, RewardPool, placement, spawn_reference
@@ -90,7 +96,12 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         learners = run.start_learners(total_steps=grpo.steps * grpo.minibatches, accumulation=math.ceil(
             config.batch.sequences / (config.batch.micro_batch_size * world)))
         start_from = actor_path(config.model.path)  # engines and the reference may run on other nodes
-        engines, scorers = run.own(EnginePool(config, start_from)), run.own(RewardPool(config))
+        judge = start_judge(config.judge)  # None without a judge section; it starts while the engines load
+        if judge is not None:
+            run.own(judge)
+        engines = run.own(EnginePool(config, start_from))
+        options = judge.hand_off(config.verifiers.options) if judge is not None else None  # waits until it serves
+        scorers = run.own(RewardPool(config, options))
         reference = spawn_reference(config, start_from)
         if reference is not None:
             run.own(reference)
@@ -155,7 +166,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                     sync_seconds, pending_sync = weights.settle(pending_sync), None
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
                                      step_seconds=time.perf_counter() - step_start, num_engines=len(engines),
-                                     style=config.variant),
+                                     num_scorers=len(scorers), style=config.variant),
                     "engine_restarts": engines.restarts, "epoch": queue.stream.epoch, "train_wall_s": clock.seconds()}
             if (step + 1) % config.logging.every == 0 or step + 1 == grpo.steps:
                 run.log(step + 1, last)
@@ -174,7 +185,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         extra = {"startup_s": startup_s, "engine_restarts": engines.restarts, "weight_sync_repairs": weights.repairs,
                  "evals": {str(k): v for k, v in evals.items()},
                  "placement": placement(learner=learners.placement_group, engine=engines.group, reward=scorers.group,
-                                        reference=reference.group if reference is not None else None)}
+                                        reference=reference.group if reference is not None else None,
+                                        judge=judge.group if judge is not None else None)}
         wall = run.finish(final, data={**data.report(), "unscored": dict(queue.unscored_total)}, extra=extra,
                           plots=M.PLOT_GROUPS)
     before, after = evals.get(0, {}).get("eval/pass@1"), evals.get(grpo.steps, {}).get("eval/pass@1")

@@ -25,6 +25,13 @@ Keys (metrics.jsonl, TensorBoard):
   phase), `weight_sync/load_s` (engines' `load_weights` seconds, slowest
   engine), `idle/learner` and `idle/engine` (share of the step's wall time
   with no work on the learner, or per engine), and `time/<phase>`.
+- scoring (posttrain/orchestration/scoring.py): `scorer/seconds` (reward
+  workers' scoring time for the step's requests, summed), `scorer/utilization`
+  (that over reward workers x step wall time: near 1, scoring is what the
+  step waits for; add reward workers), `scorer/queue_wait_s` and
+  `scorer/queue_wait_max_s` (mean and largest seconds a request's completions
+  waited between their engine finishing and a reward worker starting on
+  them); `time/score` is what the learner waited for scores after generation.
 """
 
 from __future__ import annotations
@@ -138,8 +145,23 @@ def speed_metrics(times: dict[str, float], *, step_seconds: float, engine_second
     }
 
 
+def scoring_metrics(score_seconds: float, waits: Sequence[float], *, num_scorers: int,
+                    step_seconds: float) -> dict[str, float]:
+    """How busy the reward workers were and how long completions queued for them, over one step.
+
+    >>> scoring_metrics(3.0, [0.5, 1.5], num_scorers=2, step_seconds=3.0)
+    {'scorer/seconds': 3.0, 'scorer/utilization': 0.5, 'scorer/queue_wait_s': 1.0, 'scorer/queue_wait_max_s': 1.5}
+    """
+    return {
+        "scorer/seconds": score_seconds,
+        "scorer/utilization": score_seconds / (max(num_scorers, 1) * max(step_seconds, 1e-9)),
+        "scorer/queue_wait_s": sum(waits) / len(waits) if waits else 0.0,
+        "scorer/queue_wait_max_s": max(waits, default=0.0),
+    }
+
+
 def step_metrics(step: int, rollouts, kept: Sequence[bool], results: Sequence[dict], times: dict[str, float], plan,
-                 sync_seconds: Sequence[float], *, step_seconds: float, num_engines: int,
+                 sync_seconds: Sequence[float], *, step_seconds: float, num_engines: int, num_scorers: int = 1,
                  style: str | None = None) -> dict[str, float]:
     """Everything a step logs: rollouts (`StepRollouts`), learner stats, phase times, speed."""
     return {
@@ -150,6 +172,8 @@ def step_metrics(step: int, rollouts, kept: Sequence[bool], results: Sequence[di
         **speed_metrics(times, step_seconds=step_seconds, engine_seconds=rollouts.engine_seconds,
                         num_engines=num_engines, generated_tokens=rollouts.generated_tokens,
                         trained_tokens=plan.real_tokens if plan is not None else 0, sync_seconds=sync_seconds),
+        **scoring_metrics(rollouts.score_seconds, rollouts.score_waits, num_scorers=num_scorers,
+                          step_seconds=step_seconds),
     }
 
 
@@ -168,4 +192,5 @@ PLOT_GROUPS = {
     "time": ("time/generate", "time/score", "time/advantages", "time/logprobs", "time/update", "time/sync",
              "time/step"),
     "weight_sync": ("weight_sync/load_s",),
+    "scoring": ("scorer/utilization", "scorer/queue_wait_s", "scorer/queue_wait_max_s"),
 }
