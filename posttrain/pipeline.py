@@ -115,7 +115,7 @@ class ModuleDriver:
         from posttrain.orchestration.cluster import init_ray
 
         # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain.
-        init_ray(config.distributed.ray_address)
+        init_ray(config.distributed.ray_address, ship_code=config.distributed.ship_code)
         return Path(driver(self.stage)(config, resume=False))
 
     def __repr__(self) -> str:

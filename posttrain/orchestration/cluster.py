@@ -7,6 +7,17 @@
   from the driver when set), so a Hugging Face offline flag or a vLLM setting
   reaches every actor on every node. Workers are not forced offline: the
   user's environment decides, as it does for the driver.
+- Code: with `ship_code` (`distributed.ship_code`, default on) the job's
+  runtime env also carries this checkout's `posttrain` and `rewards` packages
+  as `py_modules` (`code_env`): Ray zips them once per content, every node
+  unpacks them and puts them first on its workers' PYTHONPATH, so a node
+  started from another directory, or with another posttrain installed, runs
+  the driver's code. `py_modules`, not `working_dir`: it does not depend on
+  the driver's current directory or change the workers' (paths stay as the
+  driver resolved them) and ships only the packages, not a run directory
+  full of checkpoints. Third-party packages are not shipped: every node needs
+  the same environment (image or virtualenv), as with any Ray cluster.
+  `preflight.check_nodes` checks on every node that the code is the same.
 - `require_resources(bundles, what)`: compares what a role needs (one bundle
   per actor, e.g. `{"CPU": 1, "GPU": 1}`) with `ray.cluster_resources()` and,
   when it cannot fit, raises `ClusterResourceError` naming the resource, how
@@ -18,6 +29,10 @@
   entry, before it loads or tokenises any data, so a recipe that cannot be
   placed fails in seconds, not after an hour of tokenising.
 - `actor_path(path)`: local paths handed to actors are made absolute.
+- Pinning roles to nodes: a role's bundles also carry the recipe's custom
+  resources (`distributed.resources_per_worker`, `rollout.resources_per_engine`,
+  `verifiers.resources_per_worker`), so its actors go only to nodes started
+  with those resources (`ray start --resources '{"trainer": 8}'`).
 - `reserve(bundles, what)`: the check above, then a placement group, waited on
   with a timeout (the error names the bundles that could not be placed).
 
@@ -28,10 +43,13 @@ is then the caller's choice, not an accident).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
+
+from posttrain.config import BUILTIN_RESOURCES
 
 # Copied from the driver's environment into every worker when set.
 WORKER_ENV_VARS = (
@@ -40,6 +58,9 @@ WORKER_ENV_VARS = (
     "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "WANDB_API_KEY", "WANDB_MODE",
 )
 WORKER_ENV_PREFIXES = ("VLLM_", "POSTTRAIN_")
+# Shipped to the workers with `ship_code`: the project's own packages (third-party ones are installed per node).
+SHIPPED_PACKAGES = ("posttrain", "rewards")
+CODE_EXCLUDES = ["__pycache__", "*.pyc"]  # bytecode differs per Python and would change the package's hash
 
 
 class ClusterResourceError(RuntimeError):
@@ -55,25 +76,64 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _installed(path: str) -> bool:
+    """In the standard library or an environment's site-packages: there on every node that has the environment."""
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    parts = Path(path).resolve().parts
+    return "site-packages" in parts or "dist-packages" in parts or \
+        any(Path(path).resolve().is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def local_module_path(name: str) -> str | None:
+    """Where the top-level module of `name` lives on the driver (package directory or .py file); None when it
+    is not importable, is a namespace package, or is installed (stdlib, site-packages: each node has those)."""
+    try:
+        spec = importlib.util.find_spec(name.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    path = locations[0] if len(locations) == 1 else (spec.origin if not locations else None)
+    if path is None or not os.path.exists(path) or _installed(path):
+        return None
+    return path
+
+
+def code_env(modules: Iterable[str] = ()) -> dict:
+    """The runtime-env part that ships code: `py_modules` of this checkout's posttrain and rewards, plus `modules`
+    (e.g. verifier plugins) found in the driver's own source tree."""
+    paths = []
+    for name in (*SHIPPED_PACKAGES, *modules):
+        path = local_module_path(name)
+        if path is not None and path not in paths:
+            paths.append(path)
+    return {"py_modules": paths, "excludes": CODE_EXCLUDES} if paths else {}
+
+
 def init_ray(
     address: str | None = None,
     *,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     env: dict[str, str] | None = None,
+    ship_code: bool = True,
 ) -> str:
     """Start or join Ray (idempotent); returns "local" or the address joined.
 
     address: a recipe's `distributed.ray_address`; None falls back to
     `$RAY_ADDRESS`, then to a new local Ray (num_cpus/num_gpus default to
-    this machine's).
+    this machine's). ship_code: the job's workers import the driver's
+    posttrain and rewards (see the module docstring).
     """
     import ray
 
     if ray.is_initialized():
         return os.environ.get("RAY_ADDRESS") or "local"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {"env_vars": worker_env(env)}
+    runtime_env = {"env_vars": worker_env(env), **(code_env() if ship_code else {})}
     common = dict(runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **common)
@@ -106,7 +166,9 @@ def missing_resources(bundles: list[dict[str, float]], available: dict[str, floa
     for resource, needed in sorted(_total(bundles).items()):
         have = float(available.get(resource, 0.0))
         if needed > have + 1e-9:
-            problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}")
+            custom = "" if resource in BUILTIN_RESOURCES else \
+                f" (a custom resource: nodes offer it when started with ray start --resources '{{\"{resource}\": N}}')"
+            problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}{custom}")
     if nodes is not None and not problems:
         for bundle in bundles:
             fits = any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v) for node in nodes)
@@ -148,11 +210,12 @@ def reserve(bundles: list[dict[str, float]], what: str, *, strategy: str = "PACK
     return group
 
 
-def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
-    """One actor's resources."""
-    out = {"CPU": float(cpus)}
+def bundle(cpus: float, gpus: float = 0.0, resources: dict[str, float] | None = None) -> dict[str, float]:
+    """One actor's resources: CPUs, GPUs and the custom resources that pin it to nodes."""
+    out = {"CPU": float(cpus)} if cpus else {}  # a reward worker may reserve no CPU, only a custom resource
     if gpus:
         out["GPU"] = float(gpus)
+    out.update({name: float(amount) for name, amount in (resources or {}).items()})
     return out
 
 
@@ -164,15 +227,18 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
     """
     dist = config.distributed
     gpu = 1.0 if dist.use_gpu else 0.0
-    roles = {"learner": [bundle(dist.cpus_per_worker, gpu) for _ in range(dist.num_workers)]}
+    rank = bundle(dist.cpus_per_worker, gpu, dist.resources_per_worker)
+    roles = {"learner": [dict(rank) for _ in range(dist.num_workers)]}
     rollout = getattr(config, "rollout", None)
     if rollout is not None:
-        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
-                           for _ in range(rollout.num_engines)]
-        if config.verifiers.cpus_per_worker > 0:
-            roles["reward"] = [bundle(config.verifiers.cpus_per_worker) for _ in range(config.verifiers.num_workers)]
+        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size,
+                                  rollout.resources_per_engine) for _ in range(rollout.num_engines)]
+        verifiers = config.verifiers
+        if verifiers.cpus_per_worker > 0 or verifiers.resources_per_worker:
+            roles["reward"] = [bundle(verifiers.cpus_per_worker, 0.0, verifiers.resources_per_worker)
+                               for _ in range(verifiers.num_workers)]
         if config.grpo.kl_coef > 0:
-            roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
+            roles["reference"] = [dict(rank)]
     return roles
 
 
@@ -186,9 +252,22 @@ def check_resources(config) -> None:
     problems = missing_resources(every, ray.cluster_resources(), nodes)
     if problems:
         needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
-        knobs = "distributed.num_workers, rollout.num_engines, verifiers.num_workers or their cpus_per_* / GPUs" \
-            if "engine" in roles else "distributed.num_workers, distributed.cpus_per_worker or distributed.use_gpu"
+        knobs = "distributed.num_workers, rollout.num_engines, verifiers.num_workers or their cpus_per_* / " \
+                "resources_per_* / GPUs" if "engine" in roles else \
+            "distributed.num_workers, distributed.cpus_per_worker, distributed.resources_per_worker or distributed.use_gpu"
         raise ClusterResourceError(
             f"{config.stage.upper()} needs {needs}; it does not fit: {'; '.join(problems)}. Lower {knobs}, "
             "or join a bigger cluster (distributed.ray_address or RAY_ADDRESS)."
         )
+
+
+def placement(**groups) -> dict[str, list[str]]:
+    """{role: the node id of each of its bundles}, from placement groups (role=group; None is skipped)."""
+    from ray.util.placement_group import placement_group_table
+
+    out = {}
+    for role, group in groups.items():
+        if group is not None:
+            table = placement_group_table(group)["bundles_to_node_id"]
+            out[role] = [table[i] for i in sorted(table)]
+    return out

@@ -6,8 +6,12 @@ Placement, from the recipe (one bundle per actor):
 | --- | --- | --- |
 | learner | `distributed.num_workers` | `distributed.cpus_per_worker` CPUs (+1 GPU with `use_gpu`) |
 | engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`) |
-| reward | `verifiers.num_workers` | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
+| reward | `verifiers.num_workers` | `verifiers.cpus_per_worker` CPUs (0 and no custom resources: unreserved) |
 | reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
+
+Each bundle also holds its role's custom resources (`distributed.resources_per_worker`,
+`rollout.resources_per_engine`, `verifiers.resources_per_worker`): that is how a recipe
+pins learners to some nodes and engines to others.
 
 `check_resources` (posttrain/orchestration/cluster.py; every stage runs it on
 entry, before it reads data) compares the sum with the cluster and raises
@@ -30,7 +34,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
-from posttrain.orchestration.cluster import bundle, check_resources, reserve, role_bundles, worker_env  # noqa: F401 (re-exported)
+from posttrain.orchestration.cluster import (  # noqa: F401 (bundle, check_resources, placement re-exported)
+    bundle, check_resources, code_env, placement, reserve, role_bundles, worker_env,
+)
 
 
 def _in_bundle(group, index: int) -> PlacementGroupSchedulingStrategy:
@@ -109,7 +115,10 @@ class RewardPool:
 
     def _spawn(self, index: int):
         v = self.config.verifiers
-        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env()}}
+        # verifier plugins from the driver's source tree travel with the code (an actor's py_modules replace the
+        # job's, so code_env lists posttrain and rewards again)
+        code = code_env(v.modules) if self.config.distributed.ship_code else {}
+        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env(), **code}}
         if self.group is not None:
             options["scheduling_strategy"] = _in_bundle(self.group, index)
         return ray.remote(RewardWorker).options(**options).remote(v.modules, v.max_workers, v.timeout, v.options)
@@ -161,15 +170,3 @@ def spawn_reference(config: RLVRConfig, model_path: str) -> Reference | None:
         runtime_env={"env_vars": worker_env()},
     ).remote(model_path, config.model.dtype, int(bundles[0]["CPU"]))
     return Reference(actor, group)
-
-
-def placement(**groups) -> dict[str, list[str]]:
-    """{role: the node id of each of its bundles}, from placement groups (role=group; None is skipped)."""
-    from ray.util.placement_group import placement_group_table
-
-    out = {}
-    for role, group in groups.items():
-        if group is not None:
-            table = placement_group_table(group)["bundles_to_node_id"]
-            out[role] = [table[i] for i in sorted(table)]
-    return out
