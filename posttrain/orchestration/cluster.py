@@ -8,8 +8,11 @@
   reaches every actor on every node. Workers are not forced offline: the
   user's environment decides, as it does for the driver.
 - Code: with `ship_code` (`distributed.ship_code`, default on) the job's
-  runtime env also carries this checkout's `posttrain` and `rewards` packages
-  as `py_modules` (`code_env`): Ray zips them once per content, every node
+  runtime env also carries this checkout's `posttrain` and `rewards` packages,
+  and the recipe's verifier plugins (`verifiers.modules`) when they come from
+  the driver's source tree rather than an installed package, as `py_modules`
+  (`code_env`; Ray takes local paths only for a whole job, at `ray.init`, so
+  a chain ships every stage's plugins when it starts): Ray zips them once per content, every node
   unpacks them and puts them first on its workers' PYTHONPATH, so a node
   started from another directory, or with another posttrain installed, runs
   the driver's code. `py_modules`, not `working_dir`: it does not depend on
@@ -102,6 +105,12 @@ def local_module_path(name: str) -> str | None:
     return path
 
 
+def plugin_modules(configs: Iterable) -> list[str]:
+    """The verifier plugin modules (`verifiers.modules`) the stage configs name, in order, once each."""
+    names = [m for config in configs for m in getattr(getattr(config, "verifiers", None), "modules", ())]
+    return list(dict.fromkeys(names))
+
+
 def code_env(modules: Iterable[str] = ()) -> dict:
     """The runtime-env part that ships code: `py_modules` of this checkout's posttrain and rewards, plus `modules`
     (e.g. verifier plugins) found in the driver's own source tree."""
@@ -120,20 +129,22 @@ def init_ray(
     num_gpus: int | None = None,
     env: dict[str, str] | None = None,
     ship_code: bool = True,
+    modules: Iterable[str] = (),
 ) -> str:
     """Start or join Ray (idempotent); returns "local" or the address joined.
 
     address: a recipe's `distributed.ray_address`; None falls back to
     `$RAY_ADDRESS`, then to a new local Ray (num_cpus/num_gpus default to
     this machine's). ship_code: the job's workers import the driver's
-    posttrain and rewards (see the module docstring).
+    posttrain and rewards, and `modules` (verifier plugins) when they are
+    local (see the module docstring).
     """
     import ray
 
     if ray.is_initialized():
         return os.environ.get("RAY_ADDRESS") or "local"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {"env_vars": worker_env(env), **(code_env() if ship_code else {})}
+    runtime_env = {"env_vars": worker_env(env), **(code_env(modules) if ship_code else {})}
     common = dict(runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **common)

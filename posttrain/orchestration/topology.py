@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
 from posttrain.orchestration.cluster import (  # noqa: F401 (bundle, check_resources, placement re-exported)
-    bundle, check_resources, code_env, placement, reserve, role_bundles, worker_env,
+    bundle, check_resources, placement, reserve, role_bundles, worker_env,
 )
 
 
@@ -115,10 +115,7 @@ class RewardPool:
 
     def _spawn(self, index: int):
         v = self.config.verifiers
-        # verifier plugins from the driver's source tree travel with the code (an actor's py_modules replace the
-        # job's, so code_env lists posttrain and rewards again)
-        code = code_env(v.modules) if self.config.distributed.ship_code else {}
-        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env(), **code}}
+        options: dict[str, Any] = {"num_cpus": v.cpus_per_worker, "runtime_env": {"env_vars": worker_env()}}
         if self.group is not None:
             options["scheduling_strategy"] = _in_bundle(self.group, index)
         return ray.remote(RewardWorker).options(**options).remote(v.modules, v.max_workers, v.timeout, v.options)

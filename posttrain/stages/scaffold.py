@@ -47,7 +47,7 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement
+from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement, plugin_modules
 from posttrain.orchestration.learner_group import LearnerGroup
 from posttrain.orchestration.preflight import check_nodes
 
@@ -118,7 +118,8 @@ class StageRun:
             pad = self.tokenizer.pad_token_id
             self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
             self.owns_ray = not ray.is_initialized()
-            init_ray(self.config.distributed.ray_address, ship_code=self.config.distributed.ship_code)
+            init_ray(self.config.distributed.ray_address, ship_code=self.config.distributed.ship_code,
+                     modules=plugin_modules([self.config]))
             check_resources(self.config)  # fail in seconds, before data are loaded or tokenised
             check_nodes(self.config, self.run_dir)  # other nodes: the same code, the run's files visible
             self.signals.install()  # after Ray's own SIGTERM handler (ray.init installs one), which it replaces
