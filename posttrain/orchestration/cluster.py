@@ -170,6 +170,11 @@ def _total(bundles: Iterable[dict[str, float]]) -> Counter:
     return total
 
 
+def fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    """Whether one node's resources can hold `bundle` (custom resources included)."""
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v)
+
+
 def missing_resources(bundles: list[dict[str, float]], available: dict[str, float],
                       nodes: list[dict[str, float]] | None = None) -> list[str]:
     """Why `bundles` cannot fit: totals beyond `available`, or a bundle larger than every node. Empty when they fit."""
@@ -182,8 +187,7 @@ def missing_resources(bundles: list[dict[str, float]], available: dict[str, floa
             problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}{custom}")
     if nodes is not None and not problems:
         for bundle in bundles:
-            fits = any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v) for node in nodes)
-            if not fits:
+            if not any(fits(bundle, node) for node in nodes):
                 problems.append(f"no single node can hold the bundle {bundle}")
                 break
     return problems

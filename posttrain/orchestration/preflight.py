@@ -8,13 +8,15 @@ in, or not at all:
   posttrain and rewards (posttrain/orchestration/cluster.py), so this catches a
   broken shipment; without it, it is the check that each node's own install is
   this code. Compared: a hash of the two packages' .py files (`code_fingerprint`).
-- the files. Learners write checkpoints into the run directory (`output.dir`)
-  and learners, engines and a reference policy load `model.path`. On a node
-  that does not mount them where the driver does (a node-local /tmp, a missing
-  NFS mount), a checkpoint would land where nobody reads it. The driver writes
-  a probe file into the run directory; a task on each node reads it and writes
-  one back, which the driver reads: both directions, through the real mounts.
-  What each role needs to see is the table `TOUCHES`.
+- the files. Learners write checkpoints into the run directory (`output.dir`),
+  SFT learners read their micro-batches from the token cache the driver
+  filled (`data.cache_dir`), and learners, engines and a reference policy load
+  `model.path`. On a node that does not mount them where the driver does (a
+  node-local /tmp, a missing NFS mount), a checkpoint would land where nobody
+  reads it. The driver writes a probe file into each shared directory
+  (`shared_dirs`); a task on each node reads it and writes one back, which
+  the driver reads: both directions, through the real mounts. What each role
+  needs to see is the table `TOUCHES`.
 
 Which nodes: those on which at least one bundle of a role fits (custom
 resources included: `cluster.role_bundles`), i.e. every node the placement
@@ -29,17 +31,21 @@ import hashlib
 import uuid
 from pathlib import Path
 
-from posttrain.orchestration.cluster import actor_path, role_bundles
+from posttrain.orchestration.cluster import actor_path, fits, role_bundles
 
 PROBE = ".posttrain-probe"
 TIMEOUT_S = 180.0  # a node starts a worker (and unpacks shipped code) first; a busy 2-core machine is slow at that
-# What each role's actors read or write on their node ("output": the run directory, "model": model.path).
+# What each role's actors read or write on their node ("dirs": the shared directories, "model": model.path).
 TOUCHES: dict[str, tuple[str, ...]] = {
-    "learner": ("output", "model"),  # loads the start checkpoint, writes resumable checkpoints and the export
+    "learner": ("dirs", "model"),  # loads the start checkpoint, reads SFT's token cache, writes the checkpoints
     "engine": ("model",),
     "reference": ("model",),
     "reward": (),
 }
+# Why the learners need each shared directory (the recipe key names it), for the error message.
+PURPOSE = {"output.dir": "write their checkpoints there", "data.cache_dir": "read the tokenised training data there"}
+# Directories beyond output.dir that a stage's learners read, by stage: SFT's token cache (posttrain/data/sft.py).
+STAGE_DIRS = {"sft": lambda config: {"data.cache_dir": _token_cache(config)}}
 
 
 class NodeCheckError(RuntimeError):
@@ -72,34 +78,48 @@ def _driver_code() -> tuple[str, str]:
     return code_fingerprint(), str(package_root(posttrain))
 
 
-def probe_node(run_dir: str, token: str, model_path: str | None) -> dict:
-    """Run on one node: which code it imports, and whether it sees the driver's probe and the model."""
+def _token_cache(config) -> Path:
+    from posttrain.data.token_cache import cache_root
+
+    return cache_root(config.data)
+
+
+def shared_dirs(config, run_dir: Path) -> dict[str, Path]:
+    """{recipe key: absolute directory} that the driver writes and the learner nodes must see the same."""
+    extra = STAGE_DIRS.get(config.stage, lambda config: {})(config)
+    return {"output.dir": Path(run_dir).resolve(), **{k: Path(v).resolve() for k, v in extra.items()}}
+
+
+def probe_node(dirs: dict[str, str], token: str, model_path: str | None) -> dict:
+    """Run on one node: which code it imports, whether it sees the model and the driver's probe in each
+    directory of `dirs` (then writes one back); `unseen` maps each directory it does not see to why."""
     import ray
 
     import posttrain
 
     node = ray.get_runtime_context().get_node_id()
     report = {"node": node, "ip": ray.util.get_node_ip_address(), "code": code_fingerprint(),
-              "origin": str(package_root(posttrain)), "sees_model": model_path is None or Path(model_path).exists()}
-    probe = Path(run_dir) / f"{PROBE}-{token}"
-    try:
-        report["sees_output"] = probe.read_text() == token
-        if report["sees_output"]:
-            (Path(run_dir) / f"{PROBE}-{token}.{node}").write_text(token)
-    except OSError as err:
-        report["sees_output"], report["output_error"] = False, f"{type(err).__name__}: {err}"
+              "origin": str(package_root(posttrain)), "sees_model": model_path is None or Path(model_path).exists(),
+              "unseen": {}}
+    for key, directory in dirs.items():
+        try:
+            if (Path(directory) / f"{PROBE}-{token}").read_text() != token:
+                raise OSError("the probe file there holds something else")
+            (Path(directory) / f"{PROBE}-{token}.{node}").write_text(token)
+        except FileNotFoundError:
+            report["unseen"][key] = "a file the driver wrote there is missing on that node"
+        except OSError as err:
+            report["unseen"][key] = f"{type(err).__name__}: {err}"
     return report
 
 
-def role_nodes(config) -> dict[str, list[str]]:
-    """{node id: the roles whose bundles fit on it} over the alive nodes (a node no bundle fits is left out)."""
-    import ray
-
-    nodes = {n["NodeID"]: n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+def role_hosts(roles: dict[str, list[dict]], nodes: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """{node id: the roles with a bundle that fits on it}, from {role: bundles} and {node id: its resources};
+    a node that no bundle fits is left out."""
     out: dict[str, list[str]] = {}
-    for role, bundles in role_bundles(config).items():
+    for role, bundles in roles.items():
         for node, have in nodes.items():
-            if any(all(have.get(k, 0.0) + 1e-9 >= v for k, v in b.items() if v) for b in bundles):
+            if any(fits(b, have) for b in bundles):
                 out.setdefault(node, []).append(role)
     return out
 
@@ -110,18 +130,21 @@ def check_nodes(config, run_dir: Path, *, timeout_s: float = TIMEOUT_S) -> list[
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+    nodes = {n["NodeID"]: n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+    if len(nodes) < 2:
         return []
-    hosts = role_nodes(config)
-    run_dir = Path(run_dir).resolve()
+    hosts = role_hosts(role_bundles(config), nodes)
+    dirs = shared_dirs(config, run_dir)
     model = actor_path(config.model.path)
     model = model if Path(model).is_absolute() and Path(model).exists() else None  # a hub name: fetched per node
     token = uuid.uuid4().hex
     probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)
-    (run_dir / f"{PROBE}-{token}").write_text(token)
     try:
+        for directory in dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"{PROBE}-{token}").write_text(token)
         pending = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                   .remote(str(run_dir), token, model) for node in hosts}
+                   .remote({k: str(v) for k, v in dirs.items()}, token, model) for node in hosts}
         reports, problems = [], []
         for node, ref in pending.items():
             try:
@@ -132,10 +155,11 @@ def check_nodes(config, run_dir: Path, *, timeout_s: float = TIMEOUT_S) -> list[
                                 f"pre-flight check: {lines[-1]}. {_CODE_HINT}")
                 continue
             reports.append({**report, "roles": hosts[node]})
-            problems += _problems(report, hosts[node], run_dir, config.model.path, token)
+            problems += _problems(report, hosts[node], dirs, config.model.path, token)
     finally:
-        for path in run_dir.glob(f"{PROBE}-{token}*"):
-            path.unlink(missing_ok=True)
+        for directory in dirs.values():
+            for path in directory.glob(f"{PROBE}-{token}*"):
+                path.unlink(missing_ok=True)
     if problems:
         raise NodeCheckError("pre-flight check of the Ray nodes failed:\n- " + "\n- ".join(problems))
     return reports
@@ -147,22 +171,22 @@ _MOUNT_HINT = ("Put it on a filesystem every node mounts at the same path (NFS, 
                "roles to nodes that see it (distributed.resources_per_worker, rollout.resources_per_engine).")
 
 
-def _problems(report: dict, roles: list[str], run_dir: Path, model_path: str, token: str) -> list[str]:
+def _problems(report: dict, roles: list[str], dirs: dict[str, Path], model_path: str, token: str) -> list[str]:
     """What is wrong on one node, from its report, as sentences naming the node, its roles and the path."""
     where = f"Ray node {report['node']} ({report['ip']}, may host the {', '.join(roles)})"
-    needs = {need for role in roles for need in TOUCHES.get(role, ("output", "model"))}
+    needs = {need for role in roles for need in TOUCHES.get(role, ("dirs", "model"))}
     problems = []
     code, origin = _driver_code()
     if report["code"] != code:
         problems.append(f"{where} imports other posttrain code ({report['origin']}, code {report['code']}) than the "
                         f"driver ({origin}, code {code}). {_CODE_HINT}")
-    if "output" in needs and not report["sees_output"]:
-        detail = report.get("output_error", "a file the driver wrote there is missing on that node")
-        problems.append(f"output.dir {run_dir} is not visible from {where}: {detail}. The learners write "
-                        f"checkpoints there. {_MOUNT_HINT}")
-    elif "output" in needs and not (run_dir / f"{PROBE}-{token}.{report['node']}").is_file():
-        problems.append(f"output.dir {run_dir}: a file written there on {where} does not reach the driver (the path "
-                        f"is another directory on that node). {_MOUNT_HINT}")
+    for key, directory in dirs.items() if "dirs" in needs else ():
+        why = f"The learners {PURPOSE.get(key, 'use it')}. {_MOUNT_HINT}"
+        if key in report["unseen"]:
+            problems.append(f"{key} {directory} is not visible from {where}: {report['unseen'][key]}. {why}")
+        elif not (directory / f"{PROBE}-{token}.{report['node']}").is_file():
+            problems.append(f"{key} {directory}: a file written there on {where} does not reach the driver (the "
+                            f"path is another directory on that node). {why}")
     if "model" in needs and not report["sees_model"]:
         problems.append(f"model.path {model_path} does not exist on {where}. {_MOUNT_HINT}")
     return problems

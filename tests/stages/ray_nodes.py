@@ -69,8 +69,9 @@ class RayNodes:
         self.temp_dir = tempfile.mkdtemp(prefix="pt-ray-", dir="/tmp")
         self.address: str | None = None
         self.procs: list[subprocess.Popen] = []
+        self.logs_by_name: dict[str, Path] = {}
 
-    def _start(self, name: str, cwd: Path, args: list[str], prefix: list[str], timeout_s: float) -> None:
+    def _start(self, name: str, cwd: Path, args: list[str], prefix: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
         env["RAY_AUTH_MODE"] = "disabled"
         ports = {"--node-manager-port": free_port(), "--object-manager-port": free_port(),
@@ -84,27 +85,33 @@ class RayNodes:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.procs.append(proc)
-        deadline = time.time() + timeout_s
-        while STARTED not in log.read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray node {name} did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        self.logs_by_name[name] = log
 
-    def start_head(self, cwd: Path, *, cpus: int, resources: dict[str, float], timeout_s: float = 120) -> str:
+    def start_head(self, cwd: Path, *, cpus: int, resources: dict[str, float]) -> str:
+        """Launch the head (`wait` for it); its address, which nodes may join at once (they wait for it)."""
         port = free_port()
         self._start("head", cwd, ["--head", f"--port={port}", f"--num-cpus={cpus}", f"--resources={json.dumps(resources)}",
                                   "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                                  f"--ray-client-server-port={free_port()}"], [], timeout_s)
+                                  f"--ray-client-server-port={free_port()}"], [])
         self.address = f"127.0.0.1:{port}"
         return self.address
 
-    def add_node(self, name: str, cwd: Path, *, cpus: int, resources: dict[str, float], hide: Path | None = None,
-                 timeout_s: float = 120) -> None:
+    def add_node(self, name: str, cwd: Path, *, cpus: int, resources: dict[str, float], hide: Path | None = None) -> None:
+        """Launch a raylet joining the head (`wait` for it)."""
         prefix = []
         if hide is not None:  # mount an empty tmpfs over `hide`, then become `ray start` (same pid, same session)
             prefix = [*unshare_prefix(), "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide)]
         self._start(name, cwd, [f"--address={self.address}", f"--num-cpus={cpus}",
-                                f"--resources={json.dumps(resources)}"], prefix, timeout_s)
+                                f"--resources={json.dumps(resources)}"], prefix)
+
+    def wait(self, timeout_s: float = 180) -> None:
+        """Until every node launched says it started; a node that exits or takes longer fails with its log."""
+        deadline = time.time() + timeout_s
+        for proc, (name, log) in zip(self.procs, self.logs_by_name.items()):
+            while STARTED not in log.read_text():
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray node {name} did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
 
     def stop(self, timeout_s: float = 30) -> None:
         """End every process of every node's session (ours alone: each `ray start` leads its own session)."""

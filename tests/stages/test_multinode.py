@@ -52,6 +52,7 @@ def cluster(tmp_path_factory):
         nodes.start_head(root / "head_cwd", cpus=2, resources={"rollout": 2})
         nodes.add_node("learner", root / "learner_cwd", cpus=2, resources={"trainer": 2},
                        hide=hidden if can_hide else None)
+        nodes.wait()
         ray.init(address=nodes.address, logging_level="WARNING")
         ids = {}
         while len(ids) < 2:
