@@ -113,7 +113,8 @@ class ModuleDriver:
         self.stage = stage
 
     def __call__(self, config: StageConfig) -> Path:
-        from posttrain.orchestration.cluster import init_ray, plugin_modules
+        from posttrain.orchestration.cluster import init_ray
+        from posttrain.orchestration.shipping import plugin_modules
 
         # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain,
         # whose job ships every stage's verifier plugins (a job's code is fixed when it starts).

@@ -8,19 +8,8 @@
   reaches every actor on every node. Workers are not forced offline: the
   user's environment decides, as it does for the driver.
 - Code: with `ship_code` (`distributed.ship_code`, default on) the job's
-  runtime env also carries this checkout's `posttrain` and `rewards` packages,
-  and the recipe's verifier plugins (`verifiers.modules`) when they come from
-  the driver's source tree rather than an installed package, as `py_modules`
-  (`code_env`; Ray takes local paths only for a whole job, at `ray.init`, so
-  a chain ships every stage's plugins when it starts): Ray zips them once per content, every node
-  unpacks them and puts them first on its workers' PYTHONPATH, so a node
-  started from another directory, or with another posttrain installed, runs
-  the driver's code. `py_modules`, not `working_dir`: it does not depend on
-  the driver's current directory or change the workers' (paths stay as the
-  driver resolved them) and ships only the packages, not a run directory
-  full of checkpoints. Third-party packages are not shipped: every node needs
-  the same environment (image or virtualenv), as with any Ray cluster.
-  `preflight.check_nodes` checks on every node that the code is the same.
+  runtime env also carries this checkout's `posttrain` and `rewards`, and
+  local verifier plugins, as `py_modules` (posttrain/orchestration/shipping.py).
 - `require_resources(bundles, what)`: compares what a role needs (one bundle
   per actor, e.g. `{"CPU": 1, "GPU": 1}`) with `ray.cluster_resources()` and,
   when it cannot fit, raises `ClusterResourceError` naming the resource, how
@@ -46,13 +35,13 @@ is then the caller's choice, not an accident).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from posttrain.config import BUILTIN_RESOURCES
+from posttrain.orchestration.shipping import code_env
 
 # Copied from the driver's environment into every worker when set.
 WORKER_ENV_VARS = (
@@ -61,9 +50,6 @@ WORKER_ENV_VARS = (
     "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "WANDB_API_KEY", "WANDB_MODE",
 )
 WORKER_ENV_PREFIXES = ("VLLM_", "POSTTRAIN_")
-# Shipped to the workers with `ship_code`: the project's own packages (third-party ones are installed per node).
-SHIPPED_PACKAGES = ("posttrain", "rewards")
-CODE_EXCLUDES = ["__pycache__", "*.pyc"]  # bytecode differs per Python and would change the package's hash
 
 
 class ClusterResourceError(RuntimeError):
@@ -77,49 +63,6 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra or {})
     return env
-
-
-def _installed(path: str) -> bool:
-    """In the standard library or an environment's site-packages: there on every node that has the environment."""
-    import sysconfig
-
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    parts = Path(path).resolve().parts
-    return "site-packages" in parts or "dist-packages" in parts or \
-        any(Path(path).resolve().is_relative_to(Path(root).resolve()) for root in roots)
-
-
-def local_module_path(name: str) -> str | None:
-    """Where the top-level module of `name` lives on the driver (package directory or .py file); None when it
-    is not importable, is a namespace package, or is installed (stdlib, site-packages: each node has those)."""
-    try:
-        spec = importlib.util.find_spec(name.split(".")[0])
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    locations = list(spec.submodule_search_locations or [])
-    path = locations[0] if len(locations) == 1 else (spec.origin if not locations else None)
-    if path is None or not os.path.exists(path) or _installed(path):
-        return None
-    return path
-
-
-def plugin_modules(configs: Iterable) -> list[str]:
-    """The verifier plugin modules (`verifiers.modules`) the stage configs name, in order, once each."""
-    names = [m for config in configs for m in getattr(getattr(config, "verifiers", None), "modules", ())]
-    return list(dict.fromkeys(names))
-
-
-def code_env(modules: Iterable[str] = ()) -> dict:
-    """The runtime-env part that ships code: `py_modules` of this checkout's posttrain and rewards, plus `modules`
-    (e.g. verifier plugins) found in the driver's own source tree."""
-    paths = []
-    for name in (*SHIPPED_PACKAGES, *modules):
-        path = local_module_path(name)
-        if path is not None and path not in paths:
-            paths.append(path)
-    return {"py_modules": paths, "excludes": CODE_EXCLUDES} if paths else {}
 
 
 def init_ray(

@@ -47,7 +47,8 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement, plugin_modules
+from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement
+from posttrain.orchestration.shipping import plugin_modules
 from posttrain.orchestration.learner_group import LearnerGroup
 from posttrain.orchestration.preflight import check_nodes
 

@@ -75,23 +75,3 @@ def test_role_bundles_carry_each_roles_custom_resources(tmp_path):
         "reference": [{"CPU": 1.0, "trainer": 1.0}],
     }
 
-
-def test_code_env_ships_the_project_and_local_plugins_not_installed_modules(tmp_path, monkeypatch):
-    import posttrain
-    import rewards
-    from pathlib import Path
-
-    from posttrain.orchestration.cluster import code_env, plugin_modules
-
-    (tmp_path / "my_verifiers.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    env = code_env(["my_verifiers", "json", "yaml", "not_a_module_anywhere"])
-    assert env["py_modules"] == [str(Path(posttrain.__file__).parent), str(Path(rewards.__file__).parent),
-                                 str(tmp_path / "my_verifiers.py")]
-    assert "__pycache__" in env["excludes"]
-
-    class Stage:  # plugin_modules reads verifiers.modules where a stage has them
-        def __init__(self, modules):
-            self.verifiers = type("V", (), {"modules": modules})()
-
-    assert plugin_modules([object(), Stage(["a", "b"]), Stage(["b", "c"])]) == ["a", "b", "c"]

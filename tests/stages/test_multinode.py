@@ -85,7 +85,8 @@ def test_sft_dpo_rlvr_run_with_learners_and_engines_on_their_nodes(cluster, tmp_
     the posttrain that Ray shipped, not the one installed in the nodes' environment."""
     import ray
 
-    from posttrain.orchestration.cluster import init_ray, plugin_modules
+    from posttrain.orchestration.cluster import init_ray
+    from posttrain.orchestration.shipping import plugin_modules
     from posttrain.orchestration.preflight import check_nodes
     from posttrain.stages import dpo, rlvr, sft
 
