@@ -150,6 +150,7 @@ def check_nodes(config, run_dir: Path, *, timeout_s: float = TIMEOUT_S) -> list[
             try:
                 report = ray.get(ref, timeout=timeout_s)
             except Exception as err:  # the task could not run there: no code, a runtime env that failed, a timeout
+                ray.cancel(ref, force=True)  # a task still waiting for a worker there must not linger
                 lines = str(err).strip().splitlines() or [type(err).__name__]
                 problems.append(f"Ray node {node} (may host the {', '.join(hosts[node])}) could not run the "
                                 f"pre-flight check: {lines[-1]}. {_CODE_HINT}")
