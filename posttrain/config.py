@@ -28,12 +28,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from posttrain.registry import Registry
 
 # --------------------------------------------------------------------------
 # Sections shared by every stage
+
+
+# Ray's own resource names: reserved through cpus_per_* and use_gpu, never as custom resources.
+BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    for name in value:
+        if name in BUILTIN_RESOURCES or name.startswith("node:"):
+            raise ValueError(f"{name!r} is not a custom resource (CPUs and GPUs have their own keys: "
+                             "cpus_per_* and distributed.use_gpu; node:IP names a node, not a role)")
+    return value
+
+
+# {name: amount} of custom Ray resources (`ray start --resources '{"trainer": 8}'`) an actor's bundle also reserves.
+CustomResources = Annotated[dict[str, Annotated[float, Field(gt=0)]], AfterValidator(_custom_resources)]
 
 
 class Section(BaseModel):
@@ -111,6 +127,14 @@ class DistributedSection(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank")
     ray_address: Optional[str] = Field(None, description="Ray cluster to join; default: RAY_ADDRESS or a local Ray")
+    resources_per_worker: CustomResources = Field(
+        default_factory=dict, description="custom Ray resources each rank (and RLVR's reference policy) also reserves, "
+                                          "e.g. {trainer: 1}: the ranks go only to nodes started with "
+                                          "ray start --resources '{\"trainer\": N}'")
+    ship_code: bool = Field(True, description="send this checkout's posttrain and rewards packages (and local "
+                                              "verifiers.modules) to every Ray worker through Ray's runtime "
+                                              "environment; false: each node imports its own install, checked to "
+                                              "be the same code on entry")
 
 
 class DeepSpeedSection(Section):
@@ -278,6 +302,9 @@ class RolloutSection(Section):
     weight_bucket_mb: float = Field(256.0, gt=0, description="broadcast: size of one flat bucket (MiB); memory on both sides is bounded by it")
     weight_sync_timeout_s: float = Field(300.0, gt=0, description="broadcast: seconds a member waits on the weight group (joining, a round) before the sync fails and the group is formed again")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
+    resources_per_engine: CustomResources = Field(
+        default_factory=dict, description="custom Ray resources each engine also reserves, e.g. {rollout: 1}: "
+                                          "engines go only to nodes that offer them (see distributed.resources_per_worker)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
 
 
@@ -316,6 +343,9 @@ class VerifiersSection(Section):
     engines_per_worker: int = Field(8, ge=1, description="num_workers auto: rollout engines per reward worker "
                                                          "(8: one per 8-GPU node of engines)")
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved per reward-worker actor (0: no reservation, for machines where verifiers are light)")
+    resources_per_worker: CustomResources = Field(
+        default_factory=dict, description="custom Ray resources each reward worker also reserves (pins them to nodes "
+                                          "that offer them; see distributed.resources_per_worker)")
 
 
 class JudgeSection(Section):

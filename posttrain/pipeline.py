@@ -45,6 +45,7 @@ skipped and why, wall times and checkpoint paths (read by `posttrain report`).
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import json
@@ -113,9 +114,12 @@ class ModuleDriver:
 
     def __call__(self, config: StageConfig) -> Path:
         from posttrain.orchestration.cluster import init_ray
+        from posttrain.orchestration.shipping import plugin_modules
 
-        # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain.
-        init_ray(config.distributed.ray_address)
+        # Started here, Ray outlives the stage (a stage shuts down only a Ray it started): one start per chain,
+        # whose job ships every stage's verifier plugins (a job's code is fixed when it starts).
+        init_ray(config.distributed.ray_address, ship_code=config.distributed.ship_code,
+                 modules=plugin_modules([*CHAIN_CONFIGS.get(), config]))
         return Path(driver(self.stage)(config, resume=False))
 
     def __repr__(self) -> str:
@@ -123,6 +127,7 @@ class ModuleDriver:
 
 
 DRIVERS: Registry[Driver] = Registry("stage driver")
+CHAIN_CONFIGS: contextvars.ContextVar[tuple[StageConfig, ...]] = contextvars.ContextVar("chain_configs", default=())
 for _stage in CHAIN:
     DRIVERS.register(_stage, ModuleDriver(_stage))
 
@@ -310,12 +315,14 @@ def run(
         suite_eval.check()
     ray_was_up = _ray_is_up()
     results = []
+    chain_configs = CHAIN_CONFIGS.set(tuple(configs.values()))
     try:
         for stage in CHAIN:
             results.append(run_stage(configs[stage], run_dir / stage, decide(stage, start), drivers))
             if suite_eval is not None:
                 evaluate_suite(run_dir / stage, suite_eval)
     finally:
+        CHAIN_CONFIGS.reset(chain_configs)
         if not ray_was_up and _ray_is_up():
             sys.modules["ray"].shutdown()
     if eval_size is None or eval_size > 0:

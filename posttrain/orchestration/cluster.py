@@ -7,6 +7,9 @@
   from the driver when set), so a Hugging Face offline flag or a vLLM setting
   reaches every actor on every node. Workers are not forced offline: the
   user's environment decides, as it does for the driver.
+- Code: with `ship_code` (`distributed.ship_code`, default on) the job's
+  runtime env also carries this checkout's `posttrain` and `rewards`, and
+  local verifier plugins, as `py_modules` (posttrain/orchestration/shipping.py).
 - `require_resources(bundles, what)`: compares what a role needs (one bundle
   per actor, e.g. `{"CPU": 1, "GPU": 1}`) with `ray.cluster_resources()` and,
   when it cannot fit, raises `ClusterResourceError` naming the resource, how
@@ -18,6 +21,10 @@
   entry, before it loads or tokenises any data, so a recipe that cannot be
   placed fails in seconds, not after an hour of tokenising.
 - `actor_path(path)`: local paths handed to actors are made absolute.
+- Pinning roles to nodes: a role's bundles also carry the recipe's custom
+  resources (`distributed.resources_per_worker`, `rollout.resources_per_engine`,
+  `verifiers.resources_per_worker`), so its actors go only to nodes started
+  with those resources (`ray start --resources '{"trainer": 8}'`).
 - `reserve(bundles, what)`: the check above, then a placement group, waited on
   with a timeout (the error names the bundles that could not be placed).
 
@@ -33,7 +40,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from posttrain.config import BUILTIN_RESOURCES
 from posttrain.orchestration.scoring import reward_worker_count
+from posttrain.orchestration.shipping import code_env
 
 # Copied from the driver's environment into every worker when set.
 WORKER_ENV_VARS = (
@@ -63,19 +72,23 @@ def init_ray(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     env: dict[str, str] | None = None,
+    ship_code: bool = True,
+    modules: Iterable[str] = (),
 ) -> str:
     """Start or join Ray (idempotent); returns "local" or the address joined.
 
     address: a recipe's `distributed.ray_address`; None falls back to
     `$RAY_ADDRESS`, then to a new local Ray (num_cpus/num_gpus default to
-    this machine's).
+    this machine's). ship_code: the job's workers import the driver's
+    posttrain and rewards, and `modules` (verifier plugins) when they are
+    local (see the module docstring).
     """
     import ray
 
     if ray.is_initialized():
         return os.environ.get("RAY_ADDRESS") or "local"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {"env_vars": worker_env(env)}
+    runtime_env = {"env_vars": worker_env(env), **(code_env(modules) if ship_code else {})}
     common = dict(runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **common)
@@ -101,6 +114,11 @@ def _total(bundles: Iterable[dict[str, float]]) -> Counter:
     return total
 
 
+def fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    """Whether one node's resources can hold `bundle` (custom resources included)."""
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v)
+
+
 def missing_resources(bundles: list[dict[str, float]], available: dict[str, float],
                       nodes: list[dict[str, float]] | None = None) -> list[str]:
     """Why `bundles` cannot fit: totals beyond `available`, or a bundle larger than every node. Empty when they fit."""
@@ -108,11 +126,12 @@ def missing_resources(bundles: list[dict[str, float]], available: dict[str, floa
     for resource, needed in sorted(_total(bundles).items()):
         have = float(available.get(resource, 0.0))
         if needed > have + 1e-9:
-            problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}")
+            custom = "" if resource in BUILTIN_RESOURCES else \
+                f" (a custom resource: nodes offer it when started with ray start --resources '{{\"{resource}\": N}}')"
+            problems.append(f"{resource}: needs {needed:g}, the cluster has {have:g}{custom}")
     if nodes is not None and not problems:
         for bundle in bundles:
-            fits = any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v) for node in nodes)
-            if not fits:
+            if not any(fits(bundle, node) for node in nodes):
                 problems.append(f"no single node can hold the bundle {bundle}")
                 break
     return problems
@@ -150,11 +169,12 @@ def reserve(bundles: list[dict[str, float]], what: str, *, strategy: str = "PACK
     return group
 
 
-def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
-    """One actor's resources."""
-    out = {"CPU": float(cpus)}
+def bundle(cpus: float, gpus: float = 0.0, resources: dict[str, float] | None = None) -> dict[str, float]:
+    """One actor's resources: CPUs, GPUs and the custom resources that pin it to nodes."""
+    out = {"CPU": float(cpus)} if cpus else {}  # a reward worker may reserve no CPU, only a custom resource
     if gpus:
         out["GPU"] = float(gpus)
+    out.update({name: float(amount) for name, amount in (resources or {}).items()})
     return out
 
 
@@ -167,17 +187,18 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
     """
     dist = config.distributed
     gpu = 1.0 if dist.use_gpu else 0.0
-    roles = {"learner": [bundle(dist.cpus_per_worker, gpu) for _ in range(dist.num_workers)]}
+    rank = bundle(dist.cpus_per_worker, gpu, dist.resources_per_worker)
+    roles = {"learner": [dict(rank) for _ in range(dist.num_workers)]}
     rollout = getattr(config, "rollout", None)
     if rollout is not None:
-        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size)
-                           for _ in range(rollout.num_engines)]
+        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size,
+                                  rollout.resources_per_engine) for _ in range(rollout.num_engines)]
         v = config.verifiers
-        if v.cpus_per_worker > 0:
+        if v.cpus_per_worker > 0 or v.resources_per_worker:
             count = reward_worker_count(v.num_workers, rollout.num_engines, v.engines_per_worker)
-            roles["reward"] = [bundle(v.cpus_per_worker) for _ in range(count)]
+            roles["reward"] = [bundle(v.cpus_per_worker, 0.0, v.resources_per_worker) for _ in range(count)]
         if config.grpo.kl_coef > 0:
-            roles["reference"] = [bundle(dist.cpus_per_worker, gpu)]
+            roles["reference"] = [dict(rank)]
         if getattr(config, "judge", None) is not None:
             roles["judge"] = [bundle(config.judge.cpus, config.judge.num_gpus)]
     return roles
@@ -193,10 +214,22 @@ def check_resources(config) -> None:
     problems = missing_resources(every, ray.cluster_resources(), nodes)
     if problems:
         needs = ", ".join(f"{role} {len(b)} x {b[0]}" for role, b in roles.items())
-        knobs = ("distributed.num_workers, rollout.num_engines, verifiers.num_workers, judge.cpus / num_gpus or their "
-                 "cpus_per_* / GPUs") if "engine" in roles else \
-            "distributed.num_workers, distributed.cpus_per_worker or distributed.use_gpu"
+        knobs = ("distributed.num_workers, rollout.num_engines, verifiers.num_workers, judge.cpus / num_gpus or "
+                 "their cpus_per_* / resources_per_* / GPUs") if "engine" in roles else \
+            "distributed.num_workers, distributed.cpus_per_worker, distributed.resources_per_worker or distributed.use_gpu"
         raise ClusterResourceError(
             f"{config.stage.upper()} needs {needs}; it does not fit: {'; '.join(problems)}. Lower {knobs}, "
             "or join a bigger cluster (distributed.ray_address or RAY_ADDRESS)."
         )
+
+
+def placement(**groups) -> dict[str, list[str]]:
+    """{role: the node id of each of its bundles}, from placement groups (role=group; None is skipped)."""
+    from ray.util.placement_group import placement_group_table
+
+    out = {}
+    for role, group in groups.items():
+        if group is not None:
+            table = placement_group_table(group)["bundles_to_node_id"]
+            out[role] = [table[i] for i in sorted(table)]
+    return out

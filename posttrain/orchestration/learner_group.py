@@ -66,9 +66,9 @@ class LearnerGroup:
     """`num_workers` learner ranks under Ray; see the module docstring."""
 
     def __init__(self, spec, num_workers: int, *, cpus_per_worker: float = 1.0, use_gpu: bool = False,
-                 name: str = "learner"):
+                 resources: dict[str, float] | None = None, name: str = "learner"):
         self.num_workers = num_workers
-        bundles = [bundle(cpus_per_worker, 1.0 if use_gpu else 0.0) for _ in range(num_workers)]
+        bundles = [bundle(cpus_per_worker, 1.0 if use_gpu else 0.0, resources) for _ in range(num_workers)]
         self.placement_group = reserve(bundles, f"{name} ({num_workers} ranks)")
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -6,9 +6,13 @@ Placement, from the recipe (one bundle per actor):
 | --- | --- | --- |
 | learner | `distributed.num_workers` | `distributed.cpus_per_worker` CPUs (+1 GPU with `use_gpu`) |
 | engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`) |
-| reward | `verifiers.num_workers` (auto: one per `verifiers.engines_per_worker` engines) | `verifiers.cpus_per_worker` CPUs (0: unreserved) |
+| reward | `verifiers.num_workers` (auto: one per `verifiers.engines_per_worker` engines) | `verifiers.cpus_per_worker` CPUs (0 and no custom resources: unreserved) |
 | judge | 1 with a `judge` section (posttrain/orchestration/judge_server.py) | `judge.cpus` CPUs + `judge.num_gpus` GPUs |
 | reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
+
+Each bundle also holds its role's custom resources (`distributed.resources_per_worker`,
+`rollout.resources_per_engine`, `verifiers.resources_per_worker`): that is how a recipe
+pins learners to some nodes and engines to others.
 
 `check_resources` (posttrain/orchestration/cluster.py; every stage runs it on
 entry, before it reads data) compares the sum with the cluster and raises
@@ -33,7 +37,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
-from posttrain.orchestration.cluster import bundle, check_resources, reserve, role_bundles, worker_env  # noqa: F401 (re-exported)
+from posttrain.orchestration.cluster import (  # noqa: F401 (bundle, check_resources, placement re-exported)
+    bundle, check_resources, placement, reserve, role_bundles, worker_env,
+)
 from posttrain.orchestration.scoring import ScorerLoad, reward_worker_count
 
 
@@ -174,15 +180,3 @@ def spawn_reference(config: RLVRConfig, model_path: str) -> Reference | None:
         runtime_env={"env_vars": worker_env()},
     ).remote(model_path, config.model.dtype, int(bundles[0]["CPU"]))
     return Reference(actor, group)
-
-
-def placement(**groups) -> dict[str, list[str]]:
-    """{role: the node id of each of its bundles}, from placement groups (role=group; None is skipped)."""
-    from ray.util.placement_group import placement_group_table
-
-    out = {}
-    for role, group in groups.items():
-        if group is not None:
-            table = placement_group_table(group)["bundles_to_node_id"]
-            out[role] = [table[i] for i in sorted(table)]
-    return out

@@ -11,9 +11,12 @@
 On entry: the run directory (a fresh start removes old resumable
 checkpoints; `--resume` picks the latest one), the resolved recipe in
 RUN/config.yaml, the tokenizer and its pad id, Ray (started here unless it
-is already up: a chain starts it once), the check that the cluster can hold
-every actor the recipe places (before the driver reads any data), and the
-stop signals. On every exit,
+is already up: a chain starts it once; with `distributed.ship_code` its
+workers import the driver's code), the check that the cluster can hold
+every actor the recipe places (before the driver reads any data), on a
+multi-node cluster the check that every node that may host a role runs the
+same code and sees the run directory and the model (posttrain/orchestration/
+preflight.py), and the stop signals. On every exit,
 normal or not: the progress bar and the metrics logger close, every part
 handed to `own` (learners, engines, reward workers) shuts down, newest
 first, Ray too if this run started it, and the signal handlers are restored.
@@ -44,8 +47,10 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import actor_path, check_resources, init_ray
+from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement
+from posttrain.orchestration.shipping import plugin_modules
 from posttrain.orchestration.learner_group import LearnerGroup
+from posttrain.orchestration.preflight import check_nodes
 
 INTERRUPTED_STATUS = 130
 
@@ -114,8 +119,10 @@ class StageRun:
             pad = self.tokenizer.pad_token_id
             self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
             self.owns_ray = not ray.is_initialized()
-            init_ray(self.config.distributed.ray_address)
+            init_ray(self.config.distributed.ray_address, ship_code=self.config.distributed.ship_code,
+                     modules=plugin_modules([self.config]))
             check_resources(self.config)  # fail in seconds, before data are loaded or tokenised
+            check_nodes(self.config, self.run_dir)  # other nodes: the same code, the run's files visible
             self.signals.install()  # after Ray's own SIGTERM handler (ray.init installs one), which it replaces
         except BaseException:
             self.__exit__(None, None, None)
@@ -153,7 +160,8 @@ class StageRun:
         spec = replace(spec, model=config.model.model_copy(update={"path": actor_path(config.model.path)}))
         self.learners = self.own(LearnerGroup(
             spec, config.distributed.num_workers, cpus_per_worker=config.distributed.cpus_per_worker,
-            use_gpu=config.distributed.use_gpu, name=f"{self.stage} learner"))
+            use_gpu=config.distributed.use_gpu, resources=config.distributed.resources_per_worker,
+            name=f"{self.stage} learner"))
         return self.learners
 
     def restore(self, check: Callable[[dict], None]) -> int:
@@ -216,7 +224,8 @@ class StageRun:
         config = self.config
         manifest = build_manifest(stage=self.stage, config=to_dict(config), config_hash=config_hash(config),
                                   parent=config.model.path, data=dict(data), metrics=dict(metrics), wall_time_s=wall,
-                                  extra={**(extra or {}), "model": self.learners.info})
+                                  extra={"placement": placement(learner=self.learners.placement_group),
+                                         **(extra or {}), "model": self.learners.info})
         export(self.learners, self.tokenizer, self.run_dir, manifest)
         if self._logger is not None:
             self._logger.close()

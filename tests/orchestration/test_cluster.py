@@ -45,3 +45,33 @@ def test_actors_are_handed_absolute_local_paths_and_hub_names_as_they_are(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert actor_path("ckpt") == str(tmp_path / "ckpt")
     assert actor_path("allenai/Olmo-3-1025-7B") == "allenai/Olmo-3-1025-7B"
+
+
+def test_custom_resources_join_the_bundle_and_a_missing_one_is_named_as_custom():
+    assert bundle(1, 0, {"trainer": 1}) == {"CPU": 1.0, "trainer": 1.0}
+    assert bundle(0, 0, {"scorer": 1}) == {"scorer": 1.0}  # a reward worker may reserve no CPU
+    problems = missing_resources([bundle(1, 0, {"trainer": 1})] * 2, {"CPU": 4.0, "trainer": 1.0})
+    assert problems == ["trainer: needs 2, the cluster has 1 (a custom resource: nodes offer it when started with "
+                        "ray start --resources '{\"trainer\": N}')"]
+
+
+def test_role_bundles_carry_each_roles_custom_resources(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+    import rlvr_toy
+
+    from posttrain.orchestration.cluster import role_bundles
+
+    paths = {"model": tmp_path / "m", "train": tmp_path / "t.jsonl", "heldout": tmp_path / "h.jsonl"}
+    config = rlvr_toy.recipe(paths, tmp_path / "out", **{
+        "distributed.resources_per_worker": {"trainer": 1}, "rollout.resources_per_engine": {"rollout": 1},
+        "verifiers.resources_per_worker": {"scorer": 0.5}, "grpo.kl_coef": 0.1, "rollout.num_engines": 2})
+    assert role_bundles(config) == {
+        "learner": [{"CPU": 1.0, "trainer": 1.0}],
+        "engine": [{"CPU": 1.0, "rollout": 1.0}] * 2,
+        "reward": [{"scorer": 0.5}],  # cpus_per_worker 0 in the toy recipe: reserved for its custom resource alone
+        "reference": [{"CPU": 1.0, "trainer": 1.0}],
+    }
+
