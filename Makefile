@@ -39,10 +39,12 @@ demo: install
 
 # Two workers, handed tests in the order tests/conftest.py gives (`run_order`; --no-loadscope-reorder keeps it).
 test: install chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not solo" --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m solo --durations=5 $(PYTEST_ARGS)
 
 check: install chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not tiny" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not tiny and not solo" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "solo and not tiny" --durations=5 $(PYTEST_ARGS)
 
 # The report test renders HTML in headless Chromium (Debian package); installed here when missing and root.
 chromium:

@@ -93,7 +93,10 @@ def init_ray(
     if address:
         ray.init(address=address, **common)
         return address
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False, **common)
+    # "local": a new Ray of this process's own; without it ray.init joins whatever cluster `ray start` last
+    # started on this machine (/tmp/ray/ray_current_cluster), someone else's job included
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
+             **common)
     return "local"
 
 

@@ -27,7 +27,7 @@ import micro  # noqa: E402
 import ray_nodes  # noqa: E402
 import rlvr_toy  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # Ray clusters of their own: see the marker
 
 LEARNER, ENGINE = {"trainer": 1}, {"rollout": 1}
 COMMON = {"deepspeed": {"enabled": False}, "logging": {"every": 1, "tensorboard": False, "progress": False},

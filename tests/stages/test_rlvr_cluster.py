@@ -21,7 +21,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPAT
 
 import rlvr_toy  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # Ray clusters of their own: see the marker
 
 
 def test_rlvr_runs_across_two_nodes_and_refuses_what_no_node_can_hold(tmp_path):
