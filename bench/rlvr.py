@@ -1,6 +1,7 @@
 """RLVR speed, each a ratio from runs side by side on this machine.
 
-(a) asynchronous (grpo.max_async_steps 1) against synchronous (0) step time of this stage;
+(a) asynchronous (grpo.max_async_steps 1) against synchronous (0) step time of this stage, and (vLLM engine)
+    asynchronous with in-flight weight updates (rollout.inflight_updates, weights broadcast) against without;
 (b) this stage against TRL's GRPOTrainer: wall-clock from the first step to the same held-out pass rate
     (the start checkpoint's + `--target-gain`), same model, data, reward and hyperparameters; each side's
     one-time start-up (Ray, engines, learner; TRL's trainer) reported apart;
@@ -124,23 +125,36 @@ def records(run: Path) -> list[dict]:
 # --------------------------------------------------------------------------- (a) async vs sync
 
 
+A_ARMS = {  # name: overrides
+    "k0": ("grpo.max_async_steps=0",),
+    "k1": ("grpo.max_async_steps=1",),
+    "k1_inflight": ("grpo.max_async_steps=1", "rollout.weight_sync=broadcast", "rollout.inflight_updates=true"),
+}
+
+
 def part_a(model: Path, data: Path, out: Path, steps: int, args) -> dict:
-    """Mean step time over steps 2..N (the first step pays warm-up), k = 0 and k = 1."""
+    """Mean step time over steps 2..N (the first step pays warm-up) of each arm (in-flight updates: vLLM only)."""
     result = {}
-    for k in (0, 1):
-        run = out / f"a_k{k}"
+    for name, overrides in A_ARMS.items():
+        if name.endswith("inflight") and args.engine != "vllm":
+            continue
+        run = out / f"a_{name}"
         warmup = f"optim.warmup_ratio={HYPER['warmup_steps'] / steps:.4f}"
-        run_logged(stage_command(model, data, run, f"grpo.steps={steps}", f"grpo.max_async_steps={k}",
+        run_logged(stage_command(model, data, run, f"grpo.steps={steps}", *overrides,
                                  "eval.every=0", "data.heldout=[]", warmup, variant=args.variant,
                                  engine=args.engine),
-                   out / f"a_k{k}.log")
-        times = [r["time/step"] for r in records(run) if "time/step" in r][1:]
+                   out / f"a_{name}.log")
+        rows = records(run)
+        times = [r["time/step"] for r in rows if "time/step" in r][1:]
         manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
-        result[f"k{k}"] = {"step_s": sum(times) / len(times), "startup_s": manifest["startup_s"],
-                           "idle_learner": _mean(records(run), "idle/learner"),
-                           "idle_engine": _mean(records(run), "idle/engine")}
-        print(f"  (a) k={k}: {result[f'k{k}']['step_s']:.2f} s/step over {len(times)} steps", flush=True)
+        result[name] = {"step_s": sum(times) / len(times), "startup_s": manifest["startup_s"],
+                        "idle_learner": _mean(rows, "idle/learner"), "idle_engine": _mean(rows, "idle/engine"),
+                        "staleness_token_mean": _mean(rows, "staleness/token_mean"),
+                        "switched_frac": _mean(rows, "inflight/switched_frac")}
+        print(f"  (a) {name}: {result[name]['step_s']:.2f} s/step over {len(times)} steps", flush=True)
     result["ratio"] = result["k1"]["step_s"] / result["k0"]["step_s"]
+    if "k1_inflight" in result:
+        result["inflight_ratio"] = result["k1_inflight"]["step_s"] / result["k1"]["step_s"]
     return result
 
 
@@ -388,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in results:
         a = results["a"]
         print(f"  (a) async k=1 / sync step time: {a['ratio']:.2f}x ({a['k1']['step_s']:.2f} / {a['k0']['step_s']:.2f} s)")
+        if "inflight_ratio" in a:
+            print(f"  (a) async with in-flight updates / without: {a['inflight_ratio']:.2f}x "
+                  f"({a['k1_inflight']['step_s']:.2f} / {a['k1']['step_s']:.2f} s; responses switched mid-way "
+                  f"{a['k1_inflight']['switched_frac']:.2f}, token staleness {a['k1_inflight']['staleness_token_mean']:.2f})")
     if "b" in results:
         b = results["b"]
         if b["ratio"] is not None:
