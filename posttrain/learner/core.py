@@ -305,14 +305,15 @@ class Learner:
         """
         from posttrain.rollout.weight_transfer import Bucket, send
 
+        gathered = self.spec.deepspeed.enabled and self.spec.deepspeed.zero_stage == 3
         if self.rank != 0:
-            for _ in self.named_weights():
+            for _ in self.named_weights() if gathered else ():  # only ZeRO-3 gathers need every rank
                 pass
             return 0
-        if getattr(self, "weight_group", None) is None:
-            raise RuntimeError("broadcast_weights before open_weight_group")
         named = self.named_weights()
         try:
+            if getattr(self, "weight_group", None) is None:
+                raise RuntimeError("broadcast_weights before open_weight_group (or after it failed)")
             return send(self.weight_group, [Bucket.from_wire(b) for b in buckets], named)
         except Exception:
             for _ in named:  # keep joining the other ranks' gathers, so only the failed sync is lost

@@ -11,7 +11,7 @@ idle, so the driver can tell a dead engine from a busy one
 (`engine_alive`) and start a replacement with `spawn_engine_actor`.
 
 Each engine class names the environment its process needs
-(`Factory.process_env(options)`: for vLLM, `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+(`Factory.process_env(options)`: for vLLM, whether V1 multiprocessing is on,
 and the KV cache size); `spawn_engine_actor` puts it in the actor's
 `runtime_env` together with the driver's Hugging Face and vLLM settings, and
 `OMP_NUM_THREADS` = the actor's CPUs, so the engine uses the cores Ray gave it.
@@ -44,11 +44,18 @@ WEIGHT_TRANSFER_STEPS = frozenset(
 class EngineActor:
     """One rollout engine in one Ray worker process (use `spawn_engine_actor`)."""
 
-    def __init__(self, model_path: str, options: dict, seed: int = 0):
+    def __init__(self, model_path: str, options: dict, seed: int = 0, await_weights: bool = False):
+        import threading
+
         from posttrain.rollout import build_engine
 
         self.options = RolloutSection.model_validate(options)
         self.engine = build_engine(model_path, self.options, seed=seed)
+        # a replacement started mid-run generates only once it holds the run's weights (with in-flight updates the
+        # round runs in another thread, so the order of calls alone does not ensure it)
+        self.weights_ready = threading.Event()
+        if not await_weights:
+            self.weights_ready.set()
 
     def generate(
         self,
@@ -60,6 +67,7 @@ class EngineActor:
         max_tokens: int | Sequence[int] = 256,
         seed: int | None = None,
     ):
+        self.weights_ready.wait()
         return self.engine.generate(prompts, n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
     def generate_timed(self, prompts: list[list[int]], n: int, **sampling) -> tuple[list, dict]:
@@ -74,14 +82,18 @@ class EngineActor:
                              "first_version": first_version, "finished_at": time.time()}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> float:
-        return self.engine.load_weights(named_tensors, version)
+        seconds = self.engine.load_weights(named_tensors, version)
+        self.weights_ready.set()
+        return seconds
 
     def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, buckets: list,
                           timeout_s: float) -> None:
         self.engine.join_weight_group(host, port, rank_offset, world_size, buckets, timeout_s)
 
     def receive_weights(self, version: int) -> float:
-        return self.engine.receive_weights(version)
+        seconds = self.engine.receive_weights(version)
+        self.weights_ready.set()
+        return seconds
 
     def leave_weight_group(self) -> None:
         self.engine.leave_weight_group()
@@ -135,6 +147,7 @@ def spawn_engine_actor(
     options: RolloutSection,
     *,
     seed: int = 0,
+    await_weights: bool = False,
     num_cpus: float = 1,
     num_gpus: float = 0,
     name: str | None = None,
@@ -166,7 +179,9 @@ def spawn_engine_actor(
     # in-flight updates: a second thread for weight rounds only; generate and the rest stay one at a time
     remote_cls = ray.remote(concurrency_groups={"weights": 1})(InflightEngineActor) if options.inflight_updates \
         else ray.remote(EngineActor)
-    return remote_cls.options(**actor_options).remote(model_path, options.model_dump(), seed)
+    # (await_weights on a one-thread actor would block the very call that brings the weights: in-flight actors only)
+    await_weights = await_weights and options.inflight_updates
+    return remote_cls.options(**actor_options).remote(model_path, options.model_dump(), seed, await_weights)
 
 
 def engine_alive(actor, timeout: float = 30.0) -> bool:

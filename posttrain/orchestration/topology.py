@@ -59,9 +59,10 @@ class EnginePool:
         self.weights = None  # the weight sync (weight_sync.py) that restores a restarted engine; it sets itself
         self.restarts = 0
 
-    def _spawn(self, index: int):
+    def _spawn(self, index: int, await_weights: bool = False):
         b = self.bundles[index]
         return spawn_engine_actor(self.model_path, self.config.rollout, seed=self.config.seed * 1009 + index,
+                                  await_weights=await_weights,
                                   num_cpus=b["CPU"], num_gpus=b.get("GPU", 0.0),
                                   scheduling_strategy=_in_bundle(self.group, index))
 
@@ -84,7 +85,8 @@ class EnginePool:
             raise RuntimeError(f"rollout engine {index} died and rollout.max_restarts "
                                f"({self.config.rollout.max_restarts}) engine restarts are used up")
         ray.kill(dead, no_restart=True)
-        self.actors[index] = self._spawn(index)
+        latest = getattr(self.weights, "latest", None)
+        self.actors[index] = self._spawn(index, await_weights=latest is not None)  # mid-run: weights before prompts
         self.restarts += 1
         if restore and self.weights is not None:
             self.weights.restore(index)

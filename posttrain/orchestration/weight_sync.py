@@ -13,12 +13,15 @@ Two strategies behind one interface, registered by name:
 
 `push(version)` queues a round and returns a `Round` at once (calls on an
 actor run in the order they were sent, so an engine takes the weights after
-the generation it was already given); `settle(round)` waits for it and
-returns each engine's load seconds. A round that fails because an engine
-died (or the group broke) is repaired: dead engines are restarted in their
-bundles, the group is formed again, and the same weights are sent again, so
-the step is not lost. `restore(index)` gives a restarted engine the latest
-weights before it gets prompts again (`EnginePool.restart` calls it).
+the generation it was already given; with in-flight updates, in its own
+thread beside it); `settle(round)` waits for it and returns each engine's
+load seconds. A round that fails because an engine died (or the group broke)
+is repaired: dead engines are restarted in their bundles, the group is
+formed again, and the learner's current weights are sent again, so the step
+is not lost. `restore(index)` gives a restarted engine the latest weights
+before it gets prompts again (`EnginePool.restart` calls it); a vLLM engine
+whose round failed midway ends its process (its model is half-loaded), so
+it is restarted the same way.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ MIB = 2**20
 
 @dataclass
 class Round:
-    """One queued weight round: the engines' refs (load seconds) and the learners' (bytes sent)."""
+    """One queued weight round and the refs that say it arrived."""
 
     version: int
-    engine_refs: list
-    learner_refs: list = field(default_factory=list)
+    engine_refs: list  # each engine's load seconds
+    learner_refs: list = field(default_factory=list)  # the learner ranks' part (bytes sent)
     actors: list = field(default_factory=list)  # the engine actors that were sent it, in pool order
+    prior_refs: list = field(default_factory=list)  # what had to happen first (a re-formed group's joins)
+
+    def refs(self) -> list:
+        return self.engine_refs + self.learner_refs + self.prior_refs
 
 
 WEIGHT_SYNCS: Registry = Registry("weight sync")
@@ -53,7 +60,9 @@ class _Sync:
     def __init__(self, learners, engines, config: RLVRConfig):
         self.learners, self.engines, self.config = learners, engines, config
         self.latest: int | None = None  # version of the last round pushed
-        self.repairs = 0
+        self.repairs = 0  # over the run (the manifest's weight_sync_repairs)
+        self.resent: Round | None = None  # the latest weights sent again to every engine after a restart
+        self.pending: list = []  # refs queued outside a round (a re-formed group), awaited with the next one
         engines.weights = self
 
     def connect(self) -> None:
@@ -65,26 +74,49 @@ class _Sync:
     def shutdown(self) -> None:
         self.close()
 
-    def settle(self, round_: Round) -> list[float]:
-        """Wait for `round_`; each engine's load seconds. A failed round is repaired and sent again."""
+    def push(self, version: int) -> Round:
+        """Queue a round of the learner's current weights as `version` (see the module docstring)."""
+        self.latest = version
+        prior, self.pending = self.pending, []
+        if self.resent is not None:  # its failures surface with this round's
+            prior, self.resent = prior + self.resent.refs(), None
+        round_ = self._send(version)
+        round_.prior_refs = prior + round_.prior_refs
+        return round_
+
+    def settle(self, round_: Round, current: int | None = None) -> list[float]:
+        """Wait for `round_`; each engine's load seconds.
+
+        A round that failed is repaired and the learner's weights sent again, labelled `current` (the version
+        the learner holds now; default the round's own), at most MAX_REPAIRS times for this round. A round a
+        restart already superseded (`restore` sent the same or newer weights to every engine) is not repaired:
+        that resend is awaited instead.
+        """
+        attempts = 0
         while True:
             try:
                 seconds = ray.get(round_.engine_refs)
-                ray.get(round_.learner_refs)
+                ray.get(round_.learner_refs + round_.prior_refs)
                 return seconds
             except (RayActorError, RayTaskError) as error:
-                if self.repairs >= MAX_REPAIRS:
+                # members still waiting inside the broken round give up after the group's timeout
+                _settle_all(round_.refs(), self.config.rollout.weight_sync_timeout_s + 30)
+                resent = self.resent
+                if resent is not None and resent is not round_ and resent.version >= round_.version:
+                    self.resent, round_ = None, resent
+                    continue
+                attempts += 1
+                if attempts > MAX_REPAIRS:
                     raise
                 self.repairs += 1
+                version = round_.version if current is None else current
                 print(f"[rlvr] weight sync of version {round_.version} failed ({type(error).__name__}); "
-                      f"repairing ({self.repairs} so far) and sending it again")
-                # members still waiting inside the broken round give up after the group's timeout
-                _settle_all(round_.engine_refs + round_.learner_refs, self.config.rollout.weight_sync_timeout_s + 30)
+                      f"repairing (attempt {attempts}) and sending version {version}")
                 for index, actor in enumerate(round_.actors):
                     if self.engines.actors[index] is actor and not _alive(actor):
                         self.engines.restart(index, actor, restore=False)
                 self.repair()
-                round_ = self.push(round_.version)
+                round_ = self.push(version)
 
     def repair(self) -> None:
         """Make the next round possible after a failed one."""
@@ -98,9 +130,9 @@ class ReloadSync(_Sync):
         super().__init__(learners, engines, config)
         self.weights_ref = None
 
-    def push(self, version: int) -> Round:
+    def _send(self, version: int) -> Round:
         refs = [worker.call.remote("weight_list") for worker in self.learners.workers]
-        self.weights_ref, self.latest = refs[0], version
+        self.weights_ref = refs[0]
         actors = list(self.engines.actors)
         return Round(version, [actor.load_weights.remote(refs[0], version) for actor in actors], refs[1:], actors)
 
@@ -124,7 +156,6 @@ class BroadcastSync(_Sync):
         self.buckets = [b.to_wire() for b in plan_buckets(metadata, dtype, int(rollout.weight_bucket_mb * MIB))]
         self.ranks_per_engine = ENGINES.get(rollout.engine).weight_group_size(rollout)
         self.timeout_s = rollout.weight_sync_timeout_s
-        self.pending: list = []  # a re-formed group's joins and resend, awaited by the next settle
 
     def connect(self) -> None:
         ray.get(self._form_group())
@@ -139,12 +170,10 @@ class BroadcastSync(_Sync):
                  for i, actor in enumerate(self.engines.actors)]
         return refs
 
-    def push(self, version: int) -> Round:
-        self.latest = version
+    def _send(self, version: int) -> Round:
         actors = list(self.engines.actors)
         learner_refs = [w.call.remote("broadcast_weights", self.buckets) for w in self.learners.workers]
         engine_refs = [actor.receive_weights.remote(version) for actor in actors]
-        learner_refs, self.pending = self.pending + learner_refs, []
         return Round(version, engine_refs, learner_refs, actors)
 
     def repair(self) -> None:
@@ -153,14 +182,16 @@ class BroadcastSync(_Sync):
         ray.get(self._form_group())
 
     def restore(self, index: int) -> None:
-        """A restarted engine: a new group with it, and the latest weights to every engine (queued, not awaited)."""
-        if self.latest is None:
-            return  # still the checkpoint it was built from
+        """A restarted engine: a new group with it (queued, not awaited), and the latest weights to every engine."""
         _settle_all([actor.leave_weight_group.remote() for i, actor in enumerate(self.engines.actors) if i != index],
                     self.timeout_s)
         joins = self._form_group()
-        resend = self.push(self.latest)
-        self.pending = joins + resend.engine_refs + resend.learner_refs
+        if self.latest is None:  # every engine still holds the checkpoint it was built from
+            self.pending += joins
+            return
+        resend = self._send(self.latest)
+        resend.prior_refs = self.pending + joins
+        self.pending, self.resent = [], resend
 
     def close(self) -> None:
         _settle_all([w.call.remote("close_weight_group") for w in self.learners.workers[:1]], self.timeout_s)

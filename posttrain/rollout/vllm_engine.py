@@ -42,8 +42,9 @@ each request had when the weights changed, and each `Completion` records
 those switches (`version_switches`). The prefix cache is off in this mode:
 a cache reset is impossible while requests run, and new requests must not
 reuse blocks computed with old weights.
-After any update the prefix cache is reset: cached prompt KV blocks were
-computed with the old weights.
+After any update the prefix cache is reset (cached prompt KV blocks were
+computed with the old weights), except with in-flight updates, where it is
+off.
 
 Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is required for `reload`
 (and set here, except for `broadcast`, which keeps vLLM's worker processes); `rollout.kv_cache_gib` becomes the KV cache size
@@ -215,14 +216,19 @@ class VLLMEngine:
         request under way, the token from which `version` made the rest.
         """
         start = time.perf_counter()
-        result = self.llm.collective_rpc("receive_weights")[0]
+        try:
+            result = self.llm.collective_rpc("receive_weights")[0]
+        except Exception as error:
+            # vLLM's layerwise reload stopped midway: layers not yet rebuilt are left without weights, and a later
+            # round cannot mend them. End the process: the pool restarts the engine and sends it the weights.
+            print(f"[vllm engine] weight round {version} failed ({error!r}); ending this engine", flush=True)
+            os._exit(70)
         if self.inflight:
             states = dict(self.llm.llm_engine.output_processor.request_states)  # internal id -> its request
-            for request_id, made in result["generated"].items():
-                state = states.get(request_id)
-                if state is not None:
-                    key = (state.external_req_id, state.request_index)
-                    self._switches.setdefault(key, []).append((made, version))
+            for request_id, state in states.items():
+                # a request still waiting for its first step has made nothing with the old weights
+                made = result["generated"].get(request_id, 0)
+                self._switches.setdefault((state.external_req_id, state.request_index), []).append((made, version))
         else:
             self.llm.reset_prefix_cache()
         self.policy_version = version

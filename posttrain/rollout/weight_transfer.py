@@ -12,7 +12,9 @@ most `bucket_bytes` (a larger tensor gets a bucket of its own), in the
 engine's dtype. Both sides compute nothing else: the sender packs a bucket and
 broadcasts it; a receiver broadcasts into an empty buffer of the same size and
 hands views of it (`unpack`) to the model's weight loader. Memory on either
-side is bounded by a bucket, not the model.
+side is bounded by a bucket (or the largest tensor, when larger), not the
+model; a receiver whose loader holds a layer's tensors until the layer is
+complete (vLLM) holds the buckets that layer spans.
 """
 
 from __future__ import annotations
@@ -130,7 +132,9 @@ class WeightGroup:
         self._store = store
         prefix = PrefixStore("posttrain/weights", store)
         if self.device.type == "cuda":
-            self._group = torch.distributed.ProcessGroupNCCL(prefix, rank, world_size)
+            options = torch.distributed.ProcessGroupNCCL.Options()
+            options._timeout = timeout  # else NCCL's default (10 min) applies, then its watchdog ends the process
+            self._group = torch.distributed.ProcessGroupNCCL(prefix, rank, world_size, options)
         else:
             self._group = torch.distributed.ProcessGroupGloo(prefix, rank, world_size, timeout)
 
@@ -145,8 +149,11 @@ class WeightGroup:
 
     def close(self) -> None:
         group, self._group = self._group, None
-        if group is not None and hasattr(group, "shutdown"):
-            group.shutdown()  # NCCL: abort the communicator (gloo: closes its pairs)
+        if group is not None:
+            # abort, not a graceful shutdown: after a failed round the peers may be dead or stuck
+            stop = getattr(group, "abort", None) or getattr(group, "shutdown", None)
+            if stop is not None:
+                stop()
         self._store = None
 
 
@@ -156,7 +163,9 @@ def send(group: WeightGroup, buckets: Sequence[Bucket], named: Iterable[tuple[st
     for bucket in buckets:
         tensors = []
         for slot in bucket.slots:
-            name, tensor = next(named)
+            name, tensor = next(named, (None, None))
+            if name is None:
+                raise ValueError(f"the weights end before {slot.name!r} of the bucket plan")
             if name != slot.name:
                 raise ValueError(f"weights arrive as {name!r} where the bucket plan has {slot.name!r}")
             tensors.append(tensor)

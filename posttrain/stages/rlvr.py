@@ -38,9 +38,9 @@ that sampled the token. Departures from GRPO as published (Shao et al.
 - asynchronous rollouts: the engines generate up to `grpo.max_async_steps`
   steps ahead of the learner (0: on-policy), see posttrain/orchestration/rollout_queue.py. Weights
   reach the engines after every step (`rollout.weight_sync`: a broadcast
-  from learner rank 0, or Ray's object store; posttrain/orchestration/weight_sync.py;
-  in-flight updates in the middle of a generation are not done: an engine
-  finishes its queued requests with the weights it had).
+  from learner rank 0, or Ray's object store; posttrain/orchestration/weight_sync.py).
+  An engine takes them after the requests it holds, or, with
+  `rollout.inflight_updates`, between two of their decoding steps.
 
 A step is six named, timed phases (`time/<phase>`): generate, score (waits
 for the engines and the reward workers), advantages, logprobs, update, sync.
@@ -159,11 +159,11 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 results = update_policy(learners, plan, config) if plan is not None else []
             with timers("sync"):
                 # the previous step's round (async: done while this step generated)
-                sync_seconds = weights.settle(pending_sync) if pending_sync is not None else []
+                sync_seconds = weights.settle(pending_sync, current=step + 1) if pending_sync is not None else []
                 pending_sync = weights.push(step + 1) if results else None
                 engines.relabel(step + 1)
                 if grpo.max_async_steps == 0 and pending_sync is not None:
-                    sync_seconds, pending_sync = weights.settle(pending_sync), None
+                    sync_seconds, pending_sync = weights.settle(pending_sync, current=step + 1), None
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
                                      step_seconds=time.perf_counter() - step_start, num_engines=len(engines),
                                      num_scorers=len(scorers), style=config.variant),
@@ -174,7 +174,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             if data.heldout and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < grpo.steps:
                 evaluate(step + 1)
         if pending_sync is not None:
-            weights.settle(pending_sync)
+            weights.settle(pending_sync, current=grpo.steps)
         queue.drain()
         if data.heldout:
             evaluate(grpo.steps)

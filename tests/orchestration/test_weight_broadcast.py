@@ -224,3 +224,33 @@ def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ra
         assert version == 1 and 0 < made < len(completion.token_ids)
         assert completion.token_ids[:made] == before.token_ids[:made]  # the old weights made these
     assert any(c.token_ids != a.token_ids for c, a in switched)  # and the new ones the rest
+
+
+def test_a_restart_during_collection_gets_the_latest_weights_without_a_repair(local_ray, checkpoints):
+    """What the rollout queue does when a request finds its engine dead: EnginePool.restart -> restore (a new group,
+    the latest weights to every engine). A round still in flight with the dead engine is superseded by that resend,
+    not repaired."""
+    engines_from, learner_from = checkpoints
+    config = rlvr_config(engines_from, engine="hf", num_engines=2, max_restarts=2, weight_sync_timeout_s=20)
+    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    try:
+        engines.wait_ready()
+        sync = WEIGHT_SYNCS.get("broadcast")(learners, engines, config)
+        sync.connect()
+        sync.settle(sync.push(1))
+        doomed = engines.actors[0]
+        ray.kill(doomed, no_restart=True)
+        in_flight = sync.push(2)  # will fail: one member is dead
+        engines.restart(0, doomed)
+        sync.settle(in_flight, current=2)
+        assert sync.repairs == 0 and engines.restarts == 1
+        expected = learner_greedy(learner_from)
+        for actor in engines.actors:
+            assert ray.get(actor.ping.remote())["policy_version"] == 2
+            assert greedy(actor) == expected
+        sync.settle(sync.push(3))
+        assert [ray.get(a.ping.remote())["policy_version"] for a in engines.actors] == [3, 3] and sync.repairs == 0
+        sync.close()
+    finally:
+        engines.shutdown()
+        learners.shutdown()
