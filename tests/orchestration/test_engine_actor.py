@@ -10,7 +10,6 @@ import torch
 
 from posttrain.config import RolloutSection
 from posttrain.orchestration.actors import EngineSyncClient, engine_alive, spawn_engine_actor
-from posttrain.orchestration.cluster import init_ray
 from posttrain.rollout.testing import build_checkpoint, random_weights
 
 pytestmark = pytest.mark.slow  # Ray start-up and one worker process per engine: 10 s and more each
@@ -21,11 +20,6 @@ def model_dir(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("engine_actor") / "base", vocab_size=128, logit_scale=20.0)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    init_ray(num_cpus=2)  # (joins the test run's Ray when there is one)
-    yield
-    ray.shutdown()
 
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13]]

@@ -156,15 +156,6 @@ def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path):
 # On Ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from posttrain.orchestration.cluster import init_ray
-
-    init_ray(num_cpus=3)
-    yield
-    ray.shutdown()
 
 
 def completions(texts):

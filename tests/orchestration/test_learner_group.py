@@ -14,20 +14,13 @@ from transformers import AutoModelForCausalLM
 from posttrain.config import DeepSpeedSection, LoraSection, ModelSection, OptimSection
 from posttrain.data.packing import collate_padded
 from posttrain.learner import Learner, LearnerSpec
-from posttrain.orchestration.cluster import ClusterResourceError, init_ray
+from posttrain.orchestration.cluster import ClusterResourceError
 from posttrain.orchestration.learner_group import LearnerGroup
 from posttrain.objectives.sft import sft_loss
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    init_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

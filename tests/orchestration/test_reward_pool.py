@@ -29,15 +29,6 @@ def toy(tmp_path_factory):
     return rlvr_toy.build(tmp_path_factory.mktemp("toy"))
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from posttrain.orchestration.cluster import init_ray
-
-    init_ray(num_cpus=3)
-    yield
-    ray.shutdown()
 
 
 def test_requests_spread_over_three_reward_workers_and_steps_report_scoring(toy, local_ray):

@@ -16,7 +16,6 @@ import torch
 
 from posttrain.config import DeepSpeedSection, LoraSection, ModelSection, OptimSection, RLVRConfig
 from posttrain.learner import LearnerSpec
-from posttrain.orchestration.cluster import init_ray
 from posttrain.orchestration.learner_group import LearnerGroup
 from posttrain.orchestration.topology import EnginePool
 from posttrain.orchestration.weight_sync import WEIGHT_SYNCS, BroadcastSync
@@ -75,13 +74,6 @@ def test_send_refuses_weights_that_leave_the_plan():
 # ---------------------------------------------------------------- learners -> engines on Ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    init_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
