@@ -67,7 +67,6 @@ class Request:
     scores: Any = None  # ObjectRef: [(score, scored, reason)] per completion
     score_info: Any = None  # ObjectRef: {"started_at", "seconds"} of the scoring call
     scorer: int = 0
-    version: int = 0
     retries: int = 0
 
 
@@ -132,7 +131,6 @@ class RolloutQueue:
         index = self._next_engine % len(self.engines)
         self._next_engine += 1
         request.engine, request.actor = index, self.engines.actors[index]
-        request.version = self.engines.versions[index]
         request.completions, request.info = request.actor.generate_timed.options(num_returns=2).remote(
             [p.ids for p in request.prompts], request.n, seed=request.seed, **request.sampling)
         return self._score(request)

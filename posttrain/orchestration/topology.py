@@ -55,7 +55,6 @@ class EnginePool:
         self.bundles = role_bundles(config)["engine"]
         self.group = reserve(self.bundles, f"rollout engines ({len(self.bundles)} x {self.bundles[0]})")
         self.actors = [self._spawn(i) for i in range(len(self.bundles))]
-        self.versions = [0] * len(self.actors)  # version of the last weights sent (calls run in order)
         self.weights = None  # the weight sync (weight_sync.py) that restores a restarted engine; it sets itself
         self.restarts = 0
 
@@ -71,10 +70,6 @@ class EnginePool:
 
     def wait_ready(self) -> None:
         ray.get([actor.ping.remote() for actor in self.actors])
-
-    def relabel(self, version: int) -> None:
-        """Weights of `version` are on their way to every engine (or a step changed none: staleness counts steps)."""
-        self.versions = [version] * len(self.actors)
 
     def restart(self, index: int, dead, restore: bool = True) -> None:
         """Replace engine `index` if `dead` is still the actor there; with `restore`, the weight sync sends the new

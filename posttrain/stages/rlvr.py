@@ -112,7 +112,6 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         start = run.restore(lambda state: check_same_prompts(state, data.fingerprint))
         if start:
             weights.settle(weights.push(start))
-            engines.relabel(start)
         startup_s = time.time() - run.started  # this process's start-up (elapsed() would add earlier runs')
 
         queue = RolloutQueue(
@@ -161,7 +160,6 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                 # the previous step's round (async: done while this step generated)
                 sync_seconds = weights.settle(pending_sync, current=step + 1) if pending_sync is not None else []
                 pending_sync = weights.push(step + 1) if results else None
-                engines.relabel(step + 1)
                 if grpo.max_async_steps == 0 and pending_sync is not None:
                     sync_seconds, pending_sync = weights.settle(pending_sync, current=step + 1), None
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
