@@ -131,6 +131,11 @@ class DistributedSection(Section):
         default_factory=dict, description="custom Ray resources each rank (and RLVR's reference policy) also reserves, "
                                           "e.g. {trainer: 1}: the ranks go only to nodes started with "
                                           "ray start --resources '{\"trainer\": N}'")
+    colocate: bool = Field(False, description="RLVR: learner rank i and rollout engine i share one bundle (one GPU "
+                                              "with use_gpu) and take turns: the engines sleep (their memory "
+                                              "released) while the learners update, the learners' states are "
+                                              "offloaded while the engines generate (posttrain/orchestration/"
+                                              "colocation.py); needs num_engines = num_workers, on-policy steps")
     ship_code: bool = Field(True, description="send this checkout's posttrain and rewards packages (and local "
                                               "verifiers.modules) to every Ray worker through Ray's runtime "
                                               "environment; false: each node imports its own install, checked to "
@@ -250,6 +255,13 @@ class SequenceStageConfig(StageConfig):
     data: DataSection
     optim: EpochsOptimSection
 
+    @model_validator(mode="after")
+    def _no_colocation(self):
+        if self.distributed.colocate:
+            raise ValueError(f"distributed.colocate is for RLVR (learners and rollout engines sharing devices); "
+                             f"{self.stage.upper()} has no engines: remove it")
+        return self
+
 
 class SFTSection(Section):
     packing: bool = Field(True, description="pack several conversations per sequence, no attention across them")
@@ -306,6 +318,8 @@ class RolloutSection(Section):
         default_factory=dict, description="custom Ray resources each engine also reserves, e.g. {rollout: 1}: "
                                           "engines go only to nodes that offer them (see distributed.resources_per_worker)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
+    sleep_mode: bool = Field(False, description="build the engines able to sleep: vLLM's sleep mode on GPUs "
+                                                "(enable_sleep_mode), its CPU twin here; set by distributed.colocate")
 
 
 class GRPOSection(Section):
@@ -447,6 +461,31 @@ class RLVRConfig(StageConfig):
                              "through posttrain.orchestration.actors.EngineSyncClient, not by this stage")
         return self
 
+
+    @model_validator(mode="after")
+    def _colocation_rules(self):
+        if not self.distributed.colocate:
+            return self
+        dist, rollout = self.distributed, self.rollout
+        problems = []
+        if self.grpo.max_async_steps:
+            problems.append(f"grpo.max_async_steps must be 0, got {self.grpo.max_async_steps} (the engines cannot "
+                            "generate ahead while the learners hold the devices)")
+        if rollout.inflight_updates:
+            problems.append("rollout.inflight_updates must be false (the engines sleep while the learners update)")
+        if rollout.tensor_parallel_size != 1:
+            problems.append(f"rollout.tensor_parallel_size must be 1, got {rollout.tensor_parallel_size} (an engine "
+                            "shares its learner rank's one GPU)")
+        if rollout.num_engines != dist.num_workers:
+            problems.append(f"rollout.num_engines ({rollout.num_engines}) must equal distributed.num_workers "
+                            f"({dist.num_workers}): one engine beside each learner rank")
+        if dist.use_gpu and rollout.weight_sync == "broadcast":
+            problems.append("rollout.weight_sync must be ipc or reload on GPUs: NCCL cannot hold a learner rank and "
+                            "its engine on one GPU in one group")
+        if problems:
+            raise ValueError("distributed.colocate: " + "; ".join(problems))
+        rollout.sleep_mode = True  # the engines must be built able to release their memory
+        return self
 
     @model_validator(mode="after")
     def _judge_rules(self):

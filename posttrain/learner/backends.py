@@ -3,7 +3,10 @@
 Both meet one small protocol (`Backend`): `module` (for forward passes),
 `backward(loss, last)`, `step() -> pre-clip grad norm`, `save(dir)` /
 `load(dir)` of model + optimizer + scheduler state, `gathered(params)` (a
-context in which ZeRO-3-partitioned parameters are whole).
+context in which ZeRO-3-partitioned parameters are whole), and
+`offload()` / `reload()`, which move the training state off the GPU and back
+while colocated rollout engines use it (bytes moved; 0 on a CPU, where the
+state already lives in host memory).
 
 Gradient accumulation is the caller's: it calls `backward` once per
 micro-batch (every rank the same number of times) and `step` once per
@@ -46,6 +49,28 @@ class Backend(Protocol):
     def load(self, directory: Path) -> None: ...
 
     def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager: ...
+
+    def offload(self) -> int: ...
+
+    def reload(self) -> int: ...
+
+
+def move_optimizer_state(optimizer, device: torch.device | str) -> int:
+    """Move every tensor of `optimizer.state` to `device` (pinned when it goes to the host for a GPU); bytes moved."""
+    moved, device = 0, torch.device(device)
+    pin = device.type == "cpu" and torch.cuda.is_available()
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.device != device:
+                state[key] = value.to(device, non_blocking=False)
+                if pin:
+                    state[key] = state[key].pin_memory()
+                moved += value.numel() * value.element_size()
+    return moved
+
+
+def _on_gpu(module: nn.Module) -> bool:
+    return any(p.is_cuda for p in module.parameters())
 
 
 # the ZeRO stages that use each tuned key of DeepSpeedSection; other stages are not sent it
@@ -147,6 +172,49 @@ class DeepSpeedBackend:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def offload(self) -> int:
+        """Move the training state to pinned host memory with DeepSpeed's `offload_states`; bytes freed on the GPU.
+
+        ZeRO-1/2: everything (fp32 masters, bf16 parameters, gradients, optimizer state). ZeRO-3: DeepSpeed
+        moves Adam state and fp32 masters only for its own FusedAdam, so it moves the bf16 partitions and the
+        gradient buffers, and the torch AdamW state (two fp32 tensors per parameter) moves here; the fp32
+        master partitions stay. Stage 0: the optimizer state. 0 on a CPU, or when the recipe already offloads.
+        """
+        if not self._on_gpu():
+            return 0
+        before = torch.cuda.memory_allocated()
+        zero = self.engine.optimizer
+        if self.zero_stage == 3:
+            from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as State
+
+            self.engine.offload_states(include=[State.lp_params, State.lp_grads, State.contiguous_grad_buffer])
+            move_optimizer_state(zero.optimizer, "cpu")
+        elif hasattr(zero, "offload_states"):
+            self.engine.offload_states()
+        else:
+            move_optimizer_state(self.optimizer, "cpu")
+        torch.cuda.empty_cache()
+        return max(0, before - torch.cuda.memory_allocated())
+
+    def reload(self) -> int:
+        """Undo `offload`; bytes brought back to the GPU."""
+        if not self._on_gpu():
+            return 0
+        before = torch.cuda.memory_allocated()
+        zero, device = self.engine.optimizer, torch.device("cuda", torch.cuda.current_device())
+        if hasattr(zero, "reload_states"):
+            self.engine.reload_states()
+        if self.zero_stage == 3:
+            move_optimizer_state(zero.optimizer, device)
+        elif not hasattr(zero, "reload_states"):
+            move_optimizer_state(self.optimizer, device)
+        return max(0, torch.cuda.memory_allocated() - before)
+
+    def _on_gpu(self) -> bool:
+        """Whether the state lives on a GPU that offloading would free (not with ZeRO-Offload already on)."""
+        return (torch.cuda.is_available() and self.engine.device.type == "cuda"
+                and not self.engine.zero_offload_param() and not self.engine.zero_offload_optimizer())
+
     @property
     def unwrapped(self) -> nn.Module:
         return self.engine.module
@@ -193,6 +261,19 @@ class TorchBackend:
 
     def gathered(self, params: list[nn.Parameter]):
         return contextlib.nullcontext()
+
+    def offload(self) -> int:
+        """The optimizer state (AdamW: two tensors per parameter) to host memory; parameters stay (DDP holds them)."""
+        if not _on_gpu(self.model):
+            return 0
+        moved = move_optimizer_state(self.optimizer, "cpu")
+        torch.cuda.empty_cache()
+        return moved
+
+    def reload(self) -> int:
+        if not _on_gpu(self.model):
+            return 0
+        return move_optimizer_state(self.optimizer, next(self.model.parameters()).device)
 
     @property
     def unwrapped(self) -> nn.Module:

@@ -24,12 +24,20 @@ k*b (tests/test_learner.py). Stats are summed over the micro-batches.
 gathering ZeRO-3 partitions one parameter at a time (call it on every rank);
 `export(dir)` writes them as a Hugging Face checkpoint from rank 0. RLVR
 sends the same iterator to its rollout engines.
+
+Colocated RLVR (`distributed.colocate`): `offload_states()` moves the
+training state off the GPU while the engines beside the ranks generate
+(`posttrain.learner.backends`: nothing moves on a CPU); any method that needs
+the state brings it back first (`reload_states`), so no caller can train,
+save or send weights from an offloaded learner.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -144,6 +152,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def _resident(method):
+    """The method needs the training state on its device: reload it first when `offload_states` moved it."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.reload_states()
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 class Learner:
     """One rank: model + optimizer + schedule + backend. See the module docstring."""
 
@@ -177,6 +194,7 @@ class Learner:
         self.scheduler = self.backend.scheduler
         seed_everything(spec.seed + rank)  # dropout and sampling differ per rank
         self.steps_done = 0
+        self.offloaded = False
 
     # ------------------------------------------------------------------ training
 
@@ -188,6 +206,7 @@ class Learner:
     def current_lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    @_resident
     def train_step(self, micro_batches: list, loss_fn: LossFn, **loss_kwargs) -> dict[str, float]:
         """Forward/backward every micro-batch with `loss_fn`, then one optimizer step.
 
@@ -209,6 +228,7 @@ class Learner:
         return {**totals, "grad_norm": grad_norm, "lr": lr}
 
     @torch.no_grad()
+    @_resident
     def evaluate(self, batches: list, loss_fn: LossFn, **loss_kwargs) -> dict[str, float]:
         """`loss_fn` stats summed over `batches`, without gradients (held-out loss, log-probs)."""
         self.model.eval()
@@ -220,12 +240,14 @@ class Learner:
         return totals
 
     @torch.no_grad()
+    @_resident
     def infer(self, batches: list, fn: Callable, **kwargs) -> list:
         """`fn(model, batch, **kwargs)` for each batch without gradients, outputs in order (e.g. DPO reference log-probs)."""
         self.model.eval()
         return [fn(self.model, batch.to(self.device), **kwargs) for batch in batches]
 
     @torch.no_grad()
+    @_resident
     def token_logprobs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of `batch.labels` under the current weights: ((B, T) float32, (B, T) bool) on CPU.
 
@@ -242,12 +264,14 @@ class Learner:
 
     # ------------------------------------------------------------------ state
 
+    @_resident
     def save_state(self, directory: str | Path) -> None:
         """Write this rank's resumable state (model, optimizer, scheduler, RNG) into `directory` (collective)."""
         directory = Path(directory)
         self.backend.save(directory)
         torch.save({"rng": rng_state(), "steps_done": self.steps_done}, directory / f"rng_rank{self.rank}.pt")
 
+    @_resident
     def load_state(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.backend.load(directory)
@@ -256,8 +280,27 @@ class Learner:
         set_rng_state(state["rng"])
         self.steps_done = state["steps_done"]
 
+    def offload_states(self) -> dict:
+        """Move the training state off the GPU (colocated engines generate meanwhile); bytes moved and seconds."""
+        if self.offloaded:
+            return {"bytes": 0, "seconds": 0.0}
+        start = time.perf_counter()
+        moved = self.backend.offload()
+        self.offloaded = moved > 0  # on a CPU nothing moves, and nothing needs to come back
+        return {"bytes": moved, "seconds": time.perf_counter() - start}
+
+    def reload_states(self) -> dict:
+        """Bring back what `offload_states` moved (a no-op when nothing is away); bytes moved and seconds."""
+        if not self.offloaded:
+            return {"bytes": 0, "seconds": 0.0}
+        start = time.perf_counter()
+        moved = self.backend.reload()
+        self.offloaded = False
+        return {"bytes": moved, "seconds": time.perf_counter() - start}
+
     # ------------------------------------------------------------------ weights out
 
+    @_resident
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, whole tensor) per parameter, LoRA merged. Collective under ZeRO-3."""
         model = self.backend.unwrapped
@@ -353,6 +396,7 @@ class Learner:
         model = self.backend.unwrapped
         return model.get_base_model() if self.spec.lora.enabled else model
 
+    @_resident
     def export(self, directory: str | Path) -> None:
         """Write the weights (LoRA merged) and model config as a Hugging Face checkpoint; rank 0 writes."""
         weights = {}

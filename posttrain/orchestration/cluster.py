@@ -53,6 +53,10 @@ WORKER_ENV_VARS = (
 WORKER_ENV_PREFIXES = ("VLLM_", "POSTTRAIN_")
 
 
+# A colocated learner rank and its engine each ask Ray for this much of the bundle's one GPU, so both see that GPU.
+COLOCATED_GPU_SHARE = 0.5
+
+
 class ClusterResourceError(RuntimeError):
     """The cluster cannot host what a recipe asks for; the message names what is missing."""
 
@@ -186,16 +190,21 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
 
     Learner ranks for every stage; RLVR recipes (those with `rollout`) add the
     engines, the reward workers, with a KL term the reference policy, and with
-    a `judge` section the judge server.
+    a `judge` section the judge server. Colocated engines (`distributed.colocate`)
+    have no bundles of their own: each sits in its learner rank's, which holds
+    both actors' CPUs and custom resources and the one GPU they share.
     """
     dist = config.distributed
     gpu = 1.0 if dist.use_gpu else 0.0
     rank = bundle(dist.cpus_per_worker, gpu, dist.resources_per_worker)
-    roles = {"learner": [dict(rank) for _ in range(dist.num_workers)]}
     rollout = getattr(config, "rollout", None)
+    colocated = colocated_share(config)
+    shared = _total([rank, colocated]) if colocated else rank
+    roles = {"learner": [dict(shared) for _ in range(dist.num_workers)]}
     if rollout is not None:
-        roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size,
-                                  rollout.resources_per_engine) for _ in range(rollout.num_engines)]
+        if not colocated:
+            roles["engine"] = [bundle(rollout.cpus_per_engine, gpu * rollout.tensor_parallel_size,
+                                      rollout.resources_per_engine) for _ in range(rollout.num_engines)]
         v = config.verifiers
         if v.cpus_per_worker > 0 or v.resources_per_worker:
             count = reward_worker_count(v.num_workers, rollout.num_engines, v.engines_per_worker)
@@ -205,6 +214,14 @@ def role_bundles(config) -> dict[str, list[dict[str, float]]]:
         if getattr(config, "judge", None) is not None:
             roles["judge"] = [bundle(config.judge.cpus, config.judge.num_gpus)]
     return roles
+
+
+def colocated_share(config) -> dict[str, float] | None:
+    """What each learner bundle also holds for the engine beside it (`distributed.colocate`): the engine's CPUs and
+    custom resources (the GPU is the rank's own, shared); None when the recipe does not colocate."""
+    if not getattr(config.distributed, "colocate", False):
+        return None
+    return bundle(config.rollout.cpus_per_engine, 0.0, config.rollout.resources_per_engine)
 
 
 def check_resources(config) -> None:

@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import ray
 
-from posttrain.orchestration.cluster import bundle, reserve
+from collections import Counter
+
+from posttrain.orchestration.cluster import COLOCATED_GPU_SHARE, bundle, reserve
 
 
 class LearnerWorker:
@@ -66,16 +68,20 @@ class LearnerGroup:
     """`num_workers` learner ranks under Ray; see the module docstring."""
 
     def __init__(self, spec, num_workers: int, *, cpus_per_worker: float = 1.0, use_gpu: bool = False,
-                 resources: dict[str, float] | None = None, name: str = "learner"):
+                 resources: dict[str, float] | None = None, name: str = "learner",
+                 colocated: dict[str, float] | None = None):
         self.num_workers = num_workers
-        bundles = [bundle(cpus_per_worker, 1.0 if use_gpu else 0.0, resources) for _ in range(num_workers)]
+        rank = bundle(cpus_per_worker, 1.0 if use_gpu else 0.0, resources)
+        # colocated: each bundle also holds an engine's share (placed there by EnginePool), and the GPU is split
+        bundles = [dict(Counter(rank) + Counter(colocated or {})) for _ in range(num_workers)]
         self.placement_group = reserve(bundles, f"{name} ({num_workers} ranks)")
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        gpus = (COLOCATED_GPU_SHARE if colocated is not None else 1.0) if use_gpu else 0
         actor = ray.remote(LearnerWorker)
         self.workers = [
             actor.options(
-                num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0, name=None,
+                num_cpus=cpus_per_worker, num_gpus=gpus, name=None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
             ).remote(i, num_workers)
             for i in range(num_workers)

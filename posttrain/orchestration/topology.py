@@ -5,7 +5,7 @@ Placement, from the recipe (one bundle per actor):
 | role | actors | bundle |
 | --- | --- | --- |
 | learner | `distributed.num_workers` | `distributed.cpus_per_worker` CPUs (+1 GPU with `use_gpu`) |
-| engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`) |
+| engine | `rollout.num_engines` | `rollout.cpus_per_engine` CPUs (+`tensor_parallel_size` GPUs with `use_gpu`); colocated: in learner rank i's bundle, half its GPU |
 | reward | `verifiers.num_workers` (auto: one per `verifiers.engines_per_worker` engines) | `verifiers.cpus_per_worker` CPUs (0 and no custom resources: unreserved) |
 | judge | 1 with a `judge` section (posttrain/orchestration/judge_server.py) | `judge.cpus` CPUs + `judge.num_gpus` GPUs |
 | reference | 1 if `grpo.kl_coef` > 0 | as a learner rank |
@@ -38,7 +38,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from posttrain.config import RLVRConfig
 from posttrain.orchestration.actors import ReferencePolicy, RewardWorker, spawn_engine_actor
 from posttrain.orchestration.cluster import (  # noqa: F401 (bundle, check_resources, placement re-exported)
-    bundle, check_resources, placement, reserve, role_bundles, worker_env,
+    COLOCATED_GPU_SHARE, bundle, check_resources, placement, reserve, role_bundles, worker_env,
 )
 from posttrain.orchestration.scoring import ScorerLoad, reward_worker_count
 
@@ -50,10 +50,18 @@ def _in_bundle(group, index: int) -> PlacementGroupSchedulingStrategy:
 class EnginePool:
     """`rollout.num_engines` engine actors, the weights version each holds, and restarts."""
 
-    def __init__(self, config: RLVRConfig, model_path: str):
+    def __init__(self, config: RLVRConfig, model_path: str, colocate_with=None):
+        """`colocate_with`: the learners' placement group (`distributed.colocate`): engine i goes in bundle i, beside
+        learner rank i, and shares its GPU; otherwise the engines get a placement group of their own."""
         self.config, self.model_path = config, model_path
-        self.bundles = role_bundles(config)["engine"]
-        self.group = reserve(self.bundles, f"rollout engines ({len(self.bundles)} x {self.bundles[0]})")
+        self.colocated = colocate_with is not None
+        if self.colocated:
+            gpus = COLOCATED_GPU_SHARE if config.distributed.use_gpu else 0.0
+            self.bundles = [{"CPU": config.rollout.cpus_per_engine, "GPU": gpus}] * config.rollout.num_engines
+            self.group = colocate_with
+        else:
+            self.bundles = role_bundles(config)["engine"]
+            self.group = reserve(self.bundles, f"rollout engines ({len(self.bundles)} x {self.bundles[0]})")
         self.actors = [self._spawn(i) for i in range(len(self.bundles))]
         self.weights = None  # the weight sync (weight_sync.py) that restores a restarted engine; it sets itself
         self.restarts = 0
@@ -92,7 +100,8 @@ class EnginePool:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.group)
+        if not self.colocated:  # a colocated pool sits in the learners' group, which they remove
+            remove_placement_group(self.group)
 
 
 class RewardPool:

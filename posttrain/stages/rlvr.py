@@ -40,7 +40,11 @@ that sampled the token. Departures from GRPO as published (Shao et al.
   reach the engines after every step (`rollout.weight_sync`: a broadcast
   from learner rank 0, or Ray's object store; posttrain/orchestration/weight_sync.py).
   An engine takes them after the requests it holds, or, with
-  `rollout.inflight_updates`, between two of their decoding steps.
+  `rollout.inflight_updates`, between two of their decoding steps;
+- colocation (`distributed.colocate`): engine i shares learner rank i's
+  bundle (its GPU), and on-policy steps take turns: the engines sleep while
+  the learners update, the learners' state is offloaded while the engines
+  generate (posttrain/orchestration/colocation.py; phase `time/colocate`).
 
 A step is six named, timed phases (`time/<phase>`): generate, score (waits
 for the engines and the reward workers), advantages, logprobs, update, sync.
@@ -68,6 +72,7 @@ from posttrain.data.rlvr import PromptStream, informative_groups, load_prompts, 
 from posttrain.eval.heldout import summarize
 from posttrain.metrics import PhaseTimers, TrainingClock
 from posttrain.orchestration.cluster import actor_path
+from posttrain.orchestration.colocation import Colocation
 from posttrain.orchestration.judge_server import start_judge
 from posttrain.orchestration.policy_update import fill_logprobs, update_policy
 from posttrain.orchestration.rollout_queue import RolloutQueue
@@ -99,7 +104,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         judge = start_judge(config.judge)  # None without a judge section; it starts while the engines load
         if judge is not None:
             run.own(judge)
-        engines = run.own(EnginePool(config, start_from))
+        colocate = config.distributed.colocate  # engine i in learner rank i's bundle; they take turns
+        engines = run.own(EnginePool(config, start_from, colocate_with=learners.placement_group if colocate else None))
         options = judge.hand_off(config.verifiers.options) if judge is not None else None  # waits until it serves
         scorers = run.own(RewardPool(config, options))
         reference = spawn_reference(config, start_from)
@@ -112,6 +118,7 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         start = run.restore(lambda state: check_same_prompts(state, data.fingerprint))
         if start:
             weights.settle(weights.push(start))
+        turns = Colocation(learners, engines) if colocate else None
         startup_s = time.time() - run.started  # this process's start-up (elapsed() would add earlier runs')
 
         queue = RolloutQueue(
@@ -126,6 +133,8 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         def evaluate(at: int) -> None:
             """Held-out pass@1 on the engines; its time is kept off the training clock."""
             with clock.excluding() as span:
+                if turns is not None:
+                    turns.generating()
                 evals[at] = summarize(queue.evaluate(data.heldout, dict(
                     temperature=config.eval.temperature, top_p=1.0, max_tokens=rollout.max_response_length)))
             run.log(at, {**evals[at], "time/eval": span["seconds"]})
@@ -140,6 +149,10 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
         pending_sync, last, timers = None, {}, PhaseTimers()
         for step in run.steps(start, grpo.steps, trainer_state):
             step_start = time.perf_counter()
+            colocated = {}
+            if turns is not None:
+                with timers("colocate"):
+                    colocated.update(turns.generating())
             rollouts = queue.collect(step, timers)  # phases generate and score
             with timers("advantages"):
                 scored = score_step(rollouts.groups, config)
@@ -150,6 +163,9 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
                                    aggregation=grpo.loss_aggregation, pad_id=run.pad_id,
                                    pack_length=config.batch.pack_length,
                                    seed=config.seed * 100_003 + step) if samples else None
+            if turns is not None and plan is not None:
+                with timers("colocate"):
+                    colocated.update(turns.training())
             with timers("logprobs"):
                 if plan is not None:
                     fill_logprobs(plan, learners, reference, old=grpo.minibatches > 1, temperature=rollout.temperature,
@@ -159,13 +175,16 @@ def run(config: RLVRConfig, resume: bool = False) -> Path:
             with timers("sync"):
                 # the previous step's round (async: done while this step generated)
                 sync_seconds = weights.settle(pending_sync, current=step + 1) if pending_sync is not None else []
+                if turns is not None and results:
+                    colocated.update(turns.receiving())
                 pending_sync = weights.push(step + 1) if results else None
                 if grpo.max_async_steps == 0 and pending_sync is not None:
                     sync_seconds, pending_sync = weights.settle(pending_sync, current=step + 1), None
             last = {**M.step_metrics(step, rollouts, kept.tolist(), results, timers.pop(), plan, sync_seconds,
                                      step_seconds=time.perf_counter() - step_start, num_engines=len(engines),
                                      num_scorers=len(scorers), style=config.variant),
-                    "engine_restarts": engines.restarts, "epoch": queue.stream.epoch, "train_wall_s": clock.seconds()}
+                    **colocated, "engine_restarts": engines.restarts, "epoch": queue.stream.epoch,
+                    "train_wall_s": clock.seconds()}
             if (step + 1) % config.logging.every == 0 or step + 1 == grpo.steps:
                 run.log(step + 1, last)
             run.show(reward=f"{last['reward/mean']:.3f}", kept=f"{1 - last['groups/filtered_frac']:.2f}")

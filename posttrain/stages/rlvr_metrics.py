@@ -190,7 +190,8 @@ PLOT_GROUPS = {
     "throughput": ("tokens_per_s/generate", "tokens_per_s/train"),
     "idle": ("idle/learner", "idle/engine"),
     "time": ("time/generate", "time/score", "time/advantages", "time/logprobs", "time/update", "time/sync",
-             "time/step"),
+             "time/colocate", "time/step"),
+    "colocate": ("colocate/engine_sleep_gib", "colocate/learner_offload_gib"),
     "weight_sync": ("weight_sync/load_s",),
     "scoring": ("scorer/utilization", "scorer/queue_wait_s", "scorer/queue_wait_max_s"),
 }

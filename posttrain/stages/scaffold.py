@@ -47,7 +47,7 @@ from posttrain.checkpoints import (
 from posttrain.config import StageConfig, config_hash, to_dict
 from posttrain.learner import LearnerSpec
 from posttrain.metrics import MetricsLogger, plot_curves, progress
-from posttrain.orchestration.cluster import actor_path, check_resources, init_ray, placement
+from posttrain.orchestration.cluster import actor_path, check_resources, colocated_share, init_ray, placement
 from posttrain.orchestration.shipping import plugin_modules
 from posttrain.orchestration.learner_group import LearnerGroup
 from posttrain.orchestration.preflight import check_nodes
@@ -161,7 +161,7 @@ class StageRun:
         self.learners = self.own(LearnerGroup(
             spec, config.distributed.num_workers, cpus_per_worker=config.distributed.cpus_per_worker,
             use_gpu=config.distributed.use_gpu, resources=config.distributed.resources_per_worker,
-            name=f"{self.stage} learner"))
+            name=f"{self.stage} learner", colocated=colocated_share(config)))
         return self.learners
 
     def restore(self, check: Callable[[dict], None]) -> int:
