@@ -318,8 +318,10 @@ class RolloutSection(Section):
         default_factory=dict, description="custom Ray resources each engine also reserves, e.g. {rollout: 1}: "
                                           "engines go only to nodes that offer them (see distributed.resources_per_worker)")
     max_restarts: int = Field(3, ge=0, description="RLVR: engine actors restarted after dying, in all, before the run fails")
-    sleep_mode: bool = Field(False, description="build the engines able to sleep: vLLM's sleep mode on GPUs "
-                                                "(enable_sleep_mode), its CPU twin here; set by distributed.colocate")
+    sleep_mode: bool = Field(False, description="build the engine able to sleep (release its KV cache and weights "
+                                                "while learners share its devices, take them back before generating): "
+                                                "vLLM's sleep mode on GPU (enable_sleep_mode), its CPU twin here; set by "
+                                                "distributed.colocate")
 
 
 class GRPOSection(Section):

@@ -6,7 +6,8 @@ Rollout engines
 its own worker process and does only what an engine does: `generate`,
 `load_weights`, the receiving half of a broadcast weight sync
 (`join_weight_group`, `receive_weights`, `leave_weight_group`) or of a vLLM
-weight-transfer round (`weight_transfer`), and `ping`, a cheap call that answers while the engine is
+weight-transfer round (`weight_transfer`), `sleep` and `wake` (learners sharing the engine's devices,
+`rollout.sleep_mode`), and `ping`, a cheap call that answers while the engine is
 idle, so the driver can tell a dead engine from a busy one
 (`engine_alive`) and start a replacement with `spawn_engine_actor`.
 
@@ -107,9 +108,18 @@ class EngineActor:
             raise NotImplementedError(f"the {self.options.engine!r} engine has no weight-transfer API (use load_weights)")
         method(*args)
 
+    def sleep(self, level: int) -> dict:
+        """Release the engine's memory (`Engine.sleep`); {"seconds", "bytes"}."""
+        return self.engine.sleep(level)
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        """Take the engine's memory back (`Engine.wake`); {"seconds", "bytes"}."""
+        return self.engine.wake(tags)
+
     def ping(self) -> dict:
-        """Liveness and state: which engine, which weights, which process."""
-        return {"engine": self.options.engine, "policy_version": self.engine.policy_version, "pid": os.getpid()}
+        """Liveness and state: which engine, which weights, which process, which memory is released."""
+        return {"engine": self.options.engine, "policy_version": self.engine.policy_version, "pid": os.getpid(),
+                "asleep": sorted(self.engine.asleep)}
 
     def close(self) -> None:
         self.engine.close()

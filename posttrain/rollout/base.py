@@ -120,6 +120,25 @@ class Engine(Protocol):
     def leave_weight_group(self) -> None:
         ...
 
+    # Sleep (learners sharing the engine's devices; vLLM builds it able to only with `rollout.sleep_mode`):
+
+    asleep: set[str]  # the tags (SLEEP_TAGS) whose memory is released now (empty: awake)
+    weights_discarded: bool  # a level-2 sleep came and no weight round since
+
+    def sleep(self, level: int) -> dict:
+        """Release memory: level 1 the KV cache (weights kept, in host memory on GPU), level 2 the KV cache and
+        the weights (the next weight round must give every weight).
+
+        Returns {"seconds", "bytes" released}. Until every tag is awake again, and after level 2 until new
+        weights have landed, `generate` raises RuntimeError. A sleep while asleep does nothing (bytes 0).
+        """
+        ...
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        """Take back the memory of `tags` ("weights", "kv_cache"; None: both): "weights" first, then the
+        weight round, then "kv_cache". Returns {"seconds", "bytes" restored}; awake tags are skipped."""
+        ...
+
     def close(self) -> None:
         """Release the model and its caches (the engine is unusable afterwards)."""
         ...
@@ -176,6 +195,33 @@ def stop_token_ids(tokenizer) -> list[int]:
     if not ids:
         raise ValueError(f"the tokenizer has neither {END_OF_TURN} nor an eos token: generation could never stop")
     return ids
+
+
+SLEEP_TAGS = ("weights", "kv_cache")  # what Engine.wake takes back, in the order it takes them
+
+
+def wake_tags(tags: Sequence[str] | None) -> list[str]:
+    """Validate wake()'s tags; None means all of them."""
+    tags = list(SLEEP_TAGS) if tags is None else list(tags)
+    unknown = sorted(set(tags) - set(SLEEP_TAGS))
+    if unknown:
+        raise ValueError(f"unknown wake tags {unknown}; valid: {', '.join(SLEEP_TAGS)}")
+    return tags
+
+
+def refuse_generate_asleep(engine: Engine) -> None:
+    """Raise unless the engine holds its memory and weights to generate with."""
+    if engine.asleep:
+        raise RuntimeError(f"the engine is asleep ({', '.join(sorted(engine.asleep))} released): wake() it "
+                           "before generate")
+    if engine.weights_discarded:
+        raise RuntimeError("sleep(level=2) discarded the weights: load new weights before generate")
+
+
+def refuse_load_asleep(engine: Engine) -> None:
+    """Raise when the weights' memory is released (a round would write into freed memory)."""
+    if "weights" in engine.asleep:
+        raise RuntimeError("the weights' memory is released: wake(['weights']) before loading weights")
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> str:

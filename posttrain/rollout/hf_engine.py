@@ -18,6 +18,12 @@ is drawn (see `posttrain.rollout.base` for what the log-prob means).
 
 Stopping: at <|im_end|> / eos (the stop token is kept in the response) or at
 the row's own `max_tokens` (a per-row stopping criterion).
+
+Sleep (`sleep` / `wake`, the contract of `posttrain.rollout.vllm_engine`):
+level 2 frees the parameters' memory (storages resized to 0 in place; the
+next `load_weights` must give every weight); level 1 moves them to host
+memory on GPU and frees nothing on CPU (there they are in host memory
+already, and no KV cache outlives a generate call). Buffers stay.
 """
 
 from __future__ import annotations
@@ -37,13 +43,18 @@ from transformers import (
 )
 
 from posttrain.config import RolloutSection
+from posttrain.rollout import host_sleep
 from posttrain.rollout.base import (
     ENGINES,
+    SLEEP_TAGS,
     Completion,
     per_prompt_max_tokens,
+    refuse_generate_asleep,
+    refuse_load_asleep,
     resolve_dtype,
     sample_seed,
     stop_token_ids,
+    wake_tags,
 )
 
 
@@ -129,6 +140,9 @@ class HFEngine:
         self.seed = seed
         self.calls = 0
         self.policy_version = 0
+        self.asleep: set[str] = set()  # the tags (SLEEP_TAGS) whose memory is released
+        self.weights_discarded = False  # a level-2 sleep came and no load_weights since
+        self._slept_weights: list = []  # what host_sleep.free_storages freed
 
     def generate(
         self,
@@ -141,6 +155,7 @@ class HFEngine:
         seed: int | None = None,
     ) -> list[Completion]:
         budgets = per_prompt_max_tokens(prompts, n, max_tokens)
+        refuse_generate_asleep(self)
         if seed is None:  # a fresh stream per call, reproducible from the engine seed
             seed = self.seed * 7919 + self.calls
         self.calls += 1
@@ -202,6 +217,7 @@ class HFEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> float:
         """Copy tensors into the parameters of the same name (tied weights resolve to one tensor)."""
+        refuse_load_asleep(self)
         start = time.perf_counter()
         with torch.no_grad():
             for name, tensor in named_tensors:
@@ -213,6 +229,7 @@ class HFEngine:
                     raise ValueError(f"load_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
                 target.copy_(tensor)
         self.policy_version = version
+        self.weights_discarded = False
         return time.perf_counter() - start
 
     # -- broadcast (weight_sync=broadcast): this process joins the learner's weight group --
@@ -242,6 +259,47 @@ class HFEngine:
         group, self._weight_group = getattr(self, "_weight_group", None), None
         if group is not None:
             group.close()
+
+    # -- sleep (module docstring) --
+
+    def sleep(self, level: int) -> dict:
+        """Free the weights (level 2) or move them to host memory (level 1, GPU); {"seconds", "bytes"} released.
+
+        A sleep while asleep does nothing (bytes 0).
+        """
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        start = time.perf_counter()
+        if self.asleep:
+            return {"seconds": time.perf_counter() - start, "bytes": 0}
+        on_gpu = self.device.type == "cuda"
+        if level == 2:
+            for parameter in self.model.parameters():
+                if not parameter.untyped_storage().resizable():  # in the checkpoint's memory map (CPU)
+                    parameter.data = torch.empty_like(parameter)  # its own memory, which can be freed in place
+        if level == 2 or on_gpu:
+            self._slept_weights = host_sleep.free_storages(self.model.parameters(), offload=level == 1)
+        if on_gpu:
+            torch.cuda.empty_cache()  # hand the freed blocks back to the device
+        else:
+            host_sleep.return_free_heap()
+        self.asleep = set(SLEEP_TAGS)
+        self.weights_discarded = self.weights_discarded or level == 2
+        return {"seconds": time.perf_counter() - start, "bytes": host_sleep.freed_bytes(self._slept_weights)}
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        """Take back the memory of `tags` ("weights", "kv_cache"; None: both); {"seconds", "bytes"} restored.
+
+        Weights freed by level 2 come back undefined (load_weights refills them).
+        """
+        tags = wake_tags(tags)
+        start = time.perf_counter()
+        restored = 0
+        if "weights" in tags and "weights" in self.asleep:
+            restored = host_sleep.restore_storages(self._slept_weights)
+            self._slept_weights = []
+        self.asleep -= set(tags)
+        return {"seconds": time.perf_counter() - start, "bytes": restored}
 
     def close(self) -> None:
         self.leave_weight_group()

@@ -116,13 +116,15 @@ class EngineProcess:
     (tests compare against them, benchmarks time engines side by side).
     """
 
-    def __init__(self, model_path: str | Path, options, *, seed: int = 0):
+    def __init__(self, model_path: str | Path, options, *, seed: int = 0, daemon: bool = True):
+        """`daemon`: the child ends when this process does; False for an engine that starts processes of its
+        own (vLLM with V1 multiprocessing, `weight_sync: broadcast`), which a daemonic process may not."""
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_serve_engine, args=(child, str(model_path), options.model_dump(), seed), daemon=True
+            target=_serve_engine, args=(child, str(model_path), options.model_dump(), seed), daemon=daemon
         )
         self._process.start()
         self.build_seconds = self._call("__ready__")
@@ -145,8 +147,32 @@ class EngineProcess:
     def load_weights(self, named_tensors, version: int) -> float:
         return self._call("load_weights", list(named_tensors), version)
 
+    def join_weight_group(self, *args) -> None:
+        return self._call("join_weight_group", *args)
+
+    def receive_weights(self, version: int) -> float:
+        return self._call("receive_weights", version)
+
+    def leave_weight_group(self) -> None:
+        return self._call("leave_weight_group")
+
+    def sleep(self, level: int) -> dict:
+        return self._call("sleep", level)
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        return self._call("wake", tags)
+
+    @property
+    def pid(self) -> int:
+        """The child process; vLLM's engine-core and worker processes, when it has them, are its descendants."""
+        return self._process.pid
+
     def close(self) -> None:
-        """End the child process (its engine holds nothing worth a clean shutdown)."""
+        """Close the engine (vLLM's engine-core and worker processes, when it has them, end with it), then
+        end the child process."""
+        if self._process.is_alive():
+            self._conn.send(("close", (), {}))
+            self._conn.poll(60)
         self._process.terminate()
         self._process.join(timeout=30)
 

@@ -46,6 +46,19 @@ After any update the prefix cache is reset (cached prompt KV blocks were
 computed with the old weights), except with in-flight updates, where it is
 off.
 
+Sleep mode (`rollout.sleep_mode`, for learners sharing the engine's
+devices): `sleep(level)` releases the KV cache (level 1; on GPU the weights
+go to host memory too) or the KV cache and the weights (level 2: the next
+weight round must give every weight), and `wake(tags)` takes the memory back
+("weights", then the weight round, then "kv_cache"). On GPU these are
+vLLM's own `LLM.sleep` / `wake_up` (the engine is built with
+`enable_sleep_mode`). vLLM's CPU worker ignores them, so on CPU the worker
+extension does it (`posttrain.rollout.host_sleep`, installed whenever
+sleep_mode is on). The KV cache's contents are gone after a wake, so the
+prefix cache is reset. `generate` refuses to run while any part is asleep
+or after a level-2 sleep until new weights have landed, and a weight round
+refuses to land in released weights.
+
 Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is required for `reload`
 (and set here, except for `broadcast`, which keeps vLLM's worker processes); `rollout.kv_cache_gib` becomes the KV cache size
 (`kv_cache_memory_bytes`, and `VLLM_CPU_KVCACHE_SPACE` on CPU builds, whose
@@ -66,11 +79,15 @@ import torch
 from posttrain.config import RolloutSection
 from posttrain.rollout.base import (
     ENGINES,
+    SLEEP_TAGS,
     Completion,
     per_prompt_max_tokens,
+    refuse_generate_asleep,
+    refuse_load_asleep,
     resolve_dtype,
     sample_seed,
     stop_token_ids,
+    wake_tags,
 )
 
 GIB = 2**30
@@ -94,8 +111,12 @@ class VLLMEngine:
         return env
 
     def __init__(self, model_path: str, options: RolloutSection, *, seed: int = 0):
-        on_gpu = torch.cuda.is_available()
+        on_gpu = self.on_gpu = torch.cuda.is_available()
         os.environ.update(self.process_env(options))
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE") == "":
+            # vLLM's env cache parses every variable it knows with int() at start-up, and "" fails there:
+            # absent is what "no legacy size" has to be in this process
+            del os.environ["VLLM_CPU_KVCACHE_SPACE"]
         import vllm
 
         kwargs: dict[str, Any] = dict(
@@ -121,8 +142,12 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
         if options.max_num_seqs is not None:
             kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.weight_sync == "broadcast":
+        if options.weight_sync == "broadcast" or options.sleep_mode:
+            # the worker-side halves of a broadcast round and of sleep on CPU (module docstring)
             kwargs["worker_extension_cls"] = "posttrain.rollout.weight_receiver.WeightReceiver"
+        if options.sleep_mode and on_gpu:
+            kwargs["enable_sleep_mode"] = True
+        if options.weight_sync == "broadcast":
             if options.inflight_updates:
                 kwargs["enable_prefix_caching"] = False
         elif options.weight_sync == "ipc":  # vLLM's weight-transfer API
@@ -143,6 +168,9 @@ class VLLMEngine:
         self.calls = 0
         self.policy_version = 0
         self.inflight = options.inflight_updates
+        self.sleep_mode = options.sleep_mode
+        self.asleep: set[str] = set()  # the tags (SLEEP_TAGS) whose memory is released
+        self.weights_discarded = False  # a level-2 sleep came and no weight round since
         # (request id, sample index) -> [(tokens made before, new version)], filled by in-flight rounds
         self._switches: dict[tuple[str, int], list[tuple[int, int]]] = {}
         if self.inflight:
@@ -159,6 +187,7 @@ class VLLMEngine:
         seed: int | None = None,
     ) -> list[Completion]:
         budgets = per_prompt_max_tokens(prompts, n, max_tokens)
+        refuse_generate_asleep(self)
         if not prompts:
             return []
         if seed is None:  # a fresh stream per call, reproducible from the engine seed
@@ -191,10 +220,12 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> float:
         """In-process reload of a full set of Hugging Face-named weights (module docstring)."""
+        refuse_load_asleep(self)
         start = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         self.llm.reset_prefix_cache()
         self.policy_version = version
+        self.weights_discarded = False
         return time.perf_counter() - start
 
     # -- broadcast (weight_sync=broadcast): every worker joins the learner's weight group --
@@ -215,6 +246,7 @@ class VLLMEngine:
         With in-flight updates this runs beside `generate` (module docstring) and records, for every
         request under way, the token from which `version` made the rest.
         """
+        refuse_load_asleep(self)
         start = time.perf_counter()
         try:
             result = self.llm.collective_rpc("receive_weights")[0]
@@ -232,6 +264,7 @@ class VLLMEngine:
         else:
             self.llm.reset_prefix_cache()
         self.policy_version = version
+        self.weights_discarded = False
         return time.perf_counter() - start
 
     def leave_weight_group(self) -> None:
@@ -243,6 +276,7 @@ class VLLMEngine:
         self.llm.init_weight_transfer_engine({"init_info": init_info})
 
     def start_weight_update(self) -> None:
+        refuse_load_asleep(self)
         self.llm.start_weight_update()
 
     def update_weights(self, update_info: dict | list[dict]) -> None:
@@ -251,11 +285,62 @@ class VLLMEngine:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()
+        self.weights_discarded = False
         if weight_version is not None:
             self.policy_version = int(weight_version)
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.shutdown_weight_transfer_engine()
+
+    # -- sleep mode (rollout.sleep_mode; module docstring) --
+
+    def sleep(self, level: int) -> dict:
+        """Release the KV cache (level 1) or the KV cache and the weights (level 2).
+
+        Returns {"seconds", "bytes"}: bytes released (GPU: the device's free memory gained; CPU: the
+        sizes of the tensors freed). A sleep while any part is asleep does nothing (bytes 0).
+        """
+        if not self.sleep_mode:
+            raise RuntimeError("this engine was built without rollout.sleep_mode: it cannot sleep")
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        start = time.perf_counter()
+        if self.asleep:
+            return {"seconds": time.perf_counter() - start, "bytes": 0}
+        if self.on_gpu:
+            freed = self._device_memory_freed(lambda: self.llm.sleep(level=level))
+        else:
+            freed = sum(self.llm.collective_rpc("sleep_memory", args=(level,)))
+        self.asleep = set(SLEEP_TAGS)
+        self.weights_discarded = self.weights_discarded or level == 2
+        return {"seconds": time.perf_counter() - start, "bytes": freed}
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        """Take back the memory of `tags` ("weights", "kv_cache"; None: both); {"seconds", "bytes"} restored.
+
+        Tags that are awake are skipped (bytes 0 when none is asleep).
+        """
+        tags = wake_tags(tags)
+        start = time.perf_counter()
+        waking = [tag for tag in SLEEP_TAGS if tag in tags and tag in self.asleep]
+        if not waking:
+            return {"seconds": time.perf_counter() - start, "bytes": 0}
+        if self.on_gpu:  # vLLM's sleep already dropped the prefix cache
+            restored = -self._device_memory_freed(lambda: self.llm.wake_up(waking))
+        else:
+            restored = sum(self.llm.collective_rpc("wake_memory", args=(waking,)))
+            if "kv_cache" in waking:  # the cache's blocks hold zeros now: none of them may be reused
+                self.llm.reset_prefix_cache()
+        self.asleep -= set(waking)
+        return {"seconds": time.perf_counter() - start, "bytes": restored}
+
+    def _device_memory_freed(self, action) -> int:
+        """Free device memory gained by `action`, summed over the engine's GPUs, measured in its workers
+        (this process may hold no CUDA context, and need not make one)."""
+        before = self.llm.collective_rpc("device_free_memory")
+        action()
+        after = self.llm.collective_rpc("device_free_memory")
+        return sum(a - b for a, b in zip(after, before))
 
     def close(self) -> None:
         """Stop the engine core and tear down vLLM's process group, so another engine can start here."""

@@ -59,3 +59,23 @@ class WeightReceiver:
         if group is not None:
             group.close()
         self._weight_group = None
+
+    # -- sleep mode on vLLM-CPU (posttrain.rollout.host_sleep): vLLM's CPU worker ignores LLM.sleep --
+
+    def sleep_memory(self, level: int) -> int:
+        """Free this worker's KV cache (level 1) and its weights too (level 2); returns the bytes freed."""
+        from posttrain.rollout import host_sleep
+
+        return host_sleep.release(self.model_runner, level, self.__dict__.setdefault("_slept_memory", {}))
+
+    def wake_memory(self, tags: list[str]) -> int:
+        """Take back the memory `sleep_memory` freed for `tags` ("weights", "kv_cache"); returns the bytes."""
+        from posttrain.rollout import host_sleep
+
+        return host_sleep.restore(self.__dict__.setdefault("_slept_memory", {}), tags)
+
+    def device_free_memory(self) -> int:
+        """Free bytes on this worker's GPU (sleep and wake on GPU measure what they release with it)."""
+        import torch
+
+        return torch.cuda.mem_get_info(self.device)[0]

@@ -43,6 +43,28 @@ def test_hf_engine_actor_generates_and_takes_weights(local_ray, model_dir):
     ray.kill(actor)
 
 
+def test_engine_actor_forwards_sleep_and_wake_and_ping_reports_them(local_ray, model_dir):
+    from safetensors.torch import load_file
+
+    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf", sleep_mode=True), num_cpus=1)
+    greedy = dict(temperature=0, max_tokens=6)
+    try:
+        before = ray.get(actor.generate.remote(PROMPTS, 1, **greedy), timeout=120)
+        assert ray.get(actor.ping.remote())["asleep"] == []
+        assert ray.get(actor.sleep.remote(2))["bytes"] > 0
+        assert ray.get(actor.ping.remote())["asleep"] == ["kv_cache", "weights"]
+        with pytest.raises(RuntimeError, match="the engine is asleep"):
+            ray.get(actor.generate.remote(PROMPTS, 1, **greedy))
+        assert ray.get(actor.wake.remote(["weights"]))["bytes"] > 0
+        ray.get(actor.load_weights.remote(list(load_file(str(model_dir / "model.safetensors")).items()), 1))
+        ray.get(actor.wake.remote(["kv_cache"]))
+        assert ray.get(actor.ping.remote())["asleep"] == []
+        after = ray.get(actor.generate.remote(PROMPTS, 1, **greedy))
+    finally:
+        ray.kill(actor)
+    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+
+
 def test_killed_engine_is_detected_and_a_replacement_answers(local_ray, model_dir):
     actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
     assert engine_alive(actor, timeout=120)
