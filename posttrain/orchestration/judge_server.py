@@ -125,9 +125,12 @@ class JudgeServer:
         self.port = port or _free_port()
         self.api_key = api_key
         handle, self.log_path = tempfile.mkstemp(prefix="posttrain-judge-", suffix=".log", dir=log_dir)
+        # vLLM parses every variable it knows with int() at start-up, so the empty "no legacy KV size" value
+        # (server_env, for a fractional kv_cache_gib) has to reach the server as an absent variable
+        env = {k: v for k, v in os.environ.items() if not (k == "VLLM_CPU_KVCACHE_SPACE" and v == "")}
         with os.fdopen(handle, "w") as log:
             self.process = subprocess.Popen([sys.executable, *program, *args, "--port", str(self.port)], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                             preexec_fn=_die_with_parent())
 
     def endpoint(self) -> str:
