@@ -9,8 +9,10 @@ transformers model in bf16 on the same GPU, trained with this project's GRPO los
 
 Prints, one line each: generated tokens/s (after a warm-up call), learner tokens/s over `--train-steps`
 steps (forward, backward, optimizer), and weight-sync seconds (median of 3) through each path: `reload`
-(the RLVR stage's: the state dict over Ray into `load_weights`) and `ipc` (vLLM's weight-transfer API,
-CUDA IPC handles, through EngineSyncClient). After the ipc round the engine must report the new policy
+(the state dict over Ray into `load_weights`; an engine built for it, V1 multiprocessing off) and `ipc`
+(`rollout.weight_sync: ipc`: the model's weights packed into two CUDA IPC buffers on the GPU and handed to
+a second engine, built for it, bucket by bucket: `posttrain.rollout.weight_transfer.share`, what each
+learner rank runs in `Learner.share_weights`). After the ipc rounds that engine must report the new policy
 version and generate differently, or the script fails.
 
     python bench/gpu_check.py [--layers 5] [--prompts 64] [--train-steps 4] [--out runs/bench/gpu_check]
@@ -89,21 +91,32 @@ def reload_seconds(actor, model, version: int) -> float:
     return time.perf_counter() - start
 
 
-def ipc_seconds(actor, model, version: int) -> float:
+def ipc_seconds(actor, model, version: int, buffers: list, buckets: list) -> float:
     import ray
-    from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
-    from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
-    from posttrain.orchestration.actors import EngineSyncClient
+    from posttrain.rollout.weight_transfer import share
 
-    client = EngineSyncClient([actor])
-    sender = WeightTransferTrainerFactory.trainer_init(IPCTrainerInitInfo(rank=0), client=client,
-                                                       source=ModuleSource(model))
-    client.version = version
     start = time.perf_counter()
-    sender.send_weights()
-    ray.get(actor.ping.remote(), timeout=600)  # calls run in order: the round has landed
+    held = actor.take_shared_weights.remote(version, 600)  # the driver's part of the round (IpcEngineActor)
+    share(actor, buffers, buckets, [(name, param.detach()) for name, param in model.named_parameters()], version,
+          round_id=version)
+    ray.get(held, timeout=600)
     return time.perf_counter() - start
+
+
+def spawn_engine(model_dir: Path, weight_sync: str):
+    """An engine actor on half the GPU, built for `weight_sync`, once it answers; (actor, start-up seconds)."""
+    import ray
+
+    from posttrain.config import RolloutSection
+    from posttrain.orchestration.actors import spawn_engine_actor
+
+    options = RolloutSection(engine="vllm", weight_sync=weight_sync, gpu_memory_utilization=0.35, kv_cache_gib=16,
+                             max_prompt_length=64, max_response_length=MAX_TOKENS)
+    start = time.perf_counter()
+    actor = spawn_engine_actor(str(model_dir), options, num_cpus=1, num_gpus=0.5)
+    ray.get(actor.ping.remote(), timeout=900)
+    return actor, round(time.perf_counter() - start, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from posttrain.config import RolloutSection
-    from posttrain.orchestration.actors import spawn_engine_actor
     from posttrain.rollout.testing import build_checkpoint, random_weights
 
     if not torch.cuda.is_available():
@@ -138,14 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(num_gpus=1, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    options = RolloutSection(engine="vllm", weight_sync="ipc", gpu_memory_utilization=0.35, kv_cache_gib=16,
-                             max_prompt_length=64, max_response_length=MAX_TOKENS)
-    start = time.perf_counter()
-    actor = spawn_engine_actor(str(model_dir), options, num_cpus=1, num_gpus=0.5)
     prompts = make_prompts(args.prompts)
+    actor, results["engine_start_s"] = spawn_engine(model_dir, "reload")
     try:
-        ray.get(actor.ping.remote(), timeout=900)
-        results["engine_start_s"] = round(time.perf_counter() - start, 1)
         generated_tokens_per_s(actor, prompts[:8], seed=1)  # warm-up (CUDA graphs, caches)
         results["generate_tokens_per_s"], completions = generated_tokens_per_s(actor, prompts, seed=2)
         print(f"vLLM generate: {results['generate_tokens_per_s']:.0f} tokens/s "
@@ -159,14 +165,24 @@ def main(argv: list[str] | None = None) -> int:
 
         results["sync_reload_s"] = statistics.median(reload_seconds(actor, model, v) for v in (1, 2, 3))
         print(f"weight sync, reload (Ray object -> load_weights): {results['sync_reload_s']:.2f} s", flush=True)
+    finally:
+        ray.kill(actor)
 
+    from posttrain.rollout.shared_buffer import SharedBuffer
+    from posttrain.rollout.weight_transfer import plan_buckets
+
+    actor, results["ipc_engine_start_s"] = spawn_engine(model_dir, "ipc")
+    try:
         before = ray.get(actor.generate.remote(prompts[:4], 1, temperature=0, max_tokens=8), timeout=300)
         model.load_state_dict({k: v.to(torch.bfloat16) for k, v in random_weights(model_dir, seed=3,
                                                                                 logit_scale=20.0).items()})
-        results["sync_ipc_s"] = statistics.median(ipc_seconds(actor, model, v) for v in (4, 5, 6))
+        plan = plan_buckets([(n, p.shape) for n, p in model.named_parameters()], "bfloat16", 256 * 2**20)
+        buffers = [SharedBuffer.create(max(b.nbytes for b in plan), "cuda") for _ in range(2)]
+        buckets = [b.to_wire() for b in plan]
+        results["sync_ipc_s"] = statistics.median(ipc_seconds(actor, model, v, buffers, buckets) for v in (4, 5, 6))
         after = ray.get(actor.generate.remote(prompts[:4], 1, temperature=0, max_tokens=8), timeout=300)
         version = ray.get(actor.ping.remote())["policy_version"]
-        print(f"weight sync, ipc (vLLM weight-transfer API): {results['sync_ipc_s']:.2f} s", flush=True)
+        print(f"weight sync, ipc (CUDA IPC buffers, {len(plan)} buckets): {results['sync_ipc_s']:.2f} s", flush=True)
     finally:
         ray.kill(actor)
         ray.shutdown()

@@ -309,9 +309,9 @@ class RolloutSection(Section):
     enforce_eager: Optional[bool] = Field(None, description="vLLM: no CUDA graphs or compilation; None: on for CPU, off for GPU")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM: sequences decoded concurrently (None: vLLM's default)")
     hf_batch_size: int = Field(64, ge=1, description="hf engine: sequences per transformers generate call")
-    weight_sync: Literal["broadcast", "reload", "ipc"] = Field("reload", description="how learner weights reach the engines after each step: broadcast (learner rank 0 broadcasts flat buckets to every engine worker over one collective group: NCCL on GPUs, gloo on CPUs), reload (through Ray's object store into load_weights; where no group can be formed), or ipc (vLLM's CUDA IPC transfer to an engine on the learner's GPU, driven through EngineSyncClient, not by the RLVR stage)")
+    weight_sync: Literal["broadcast", "reload", "ipc"] = Field("reload", description="how learner weights reach the engines after each step: broadcast (learner rank 0 broadcasts flat buckets to every engine worker over one collective group: NCCL on GPUs, gloo on CPUs), reload (through Ray's object store into load_weights; where no group can be formed), or ipc (each learner rank hands its colocated engine the weights through shared memory (CUDA IPC on GPUs, /dev/shm on CPUs); needs distributed.colocate)")
     inflight_updates: bool = Field(False, description="broadcast on vllm: an engine takes new weights between two decoding steps of the requests it holds (which carry on with the new weights; each completion records the version behind each token) instead of after them")
-    weight_bucket_mb: float = Field(256.0, gt=0, description="broadcast: size of one flat bucket (MiB); memory on both sides is bounded by it")
+    weight_bucket_mb: float = Field(256.0, gt=0, description="broadcast and ipc: size of one flat bucket (MiB); memory on both sides is bounded by it (ipc: two buckets on the learner's side)")
     weight_sync_timeout_s: float = Field(300.0, gt=0, description="broadcast: seconds a member waits on the weight group (joining, a round) before the sync fails and the group is formed again")
     cpus_per_engine: float = Field(1.0, gt=0, description="CPUs reserved per engine actor (its torch threads: the whole part)")
     resources_per_engine: CustomResources = Field(
@@ -456,11 +456,9 @@ class RLVRConfig(StageConfig):
             raise ValueError("rollout.inflight_updates needs rollout.weight_sync=broadcast and rollout.engine=vllm "
                              f"(got {self.rollout.weight_sync} on {self.rollout.engine}): the weights must reach "
                              "a vLLM worker between decoding steps")
-        if self.rollout.weight_sync == "ipc":
-            # the engines would be built for vLLM's IPC transfer, which the stage does not drive: refuse rather than
-            # quietly fall back to a slower path than the recipe asked for
-            raise ValueError("rollout.weight_sync=ipc: the RLVR stage drives broadcast and reload; ipc is driven "
-                             "through posttrain.orchestration.actors.EngineSyncClient, not by this stage")
+        if self.rollout.weight_sync == "ipc" and self.rollout.tensor_parallel_size != 1:
+            raise ValueError("rollout.weight_sync=ipc hands each learner rank's weights to one engine on its own GPU: "
+                             f"rollout.tensor_parallel_size must be 1 (got {self.rollout.tensor_parallel_size})")
         return self
 
 

@@ -95,12 +95,14 @@ def test_sequence_lengths_and_epochs_are_keys_of_sft_and_dpo_only(tmp_path, over
         load_recipe(write(tmp_path, f"{stage}.yaml", with_(MINIMAL_SFT, stage=stage)), [override])
 
 
-def test_rlvr_refuses_a_weight_sync_the_stage_does_not_drive(tmp_path):
+def test_rlvr_weight_syncs_and_what_ipc_needs(tmp_path):
     path = write(tmp_path, "rlvr.yaml", with_(MINIMAL_SFT, stage="rlvr", grpo={"prompts_per_step": 8},
                                               batch={"sequences": 64}))
     assert load_recipe(path).rollout.weight_sync == "reload"
     assert load_recipe(path, ["rollout.weight_sync=broadcast"]).rollout.weight_sync == "broadcast"
-    assert "rollout.weight_sync=ipc: the RLVR stage drives" in recipe_error(path, ["rollout.weight_sync=ipc"])
+    assert load_recipe(path, ["rollout.weight_sync=ipc"]).rollout.weight_sync == "ipc"
+    assert "rollout.tensor_parallel_size must be 1" in recipe_error(
+        path, ["rollout.weight_sync=ipc", "rollout.tensor_parallel_size=2"])
     assert "rollout.weight_sync" in recipe_error(path, ["rollout.weight_sync=nccl"])
 
 

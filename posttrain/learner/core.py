@@ -23,7 +23,9 @@ k*b (tests/test_learner.py). Stats are summed over the micro-batches.
 `named_weights()` yields (Hugging Face name, whole tensor) with LoRA merged,
 gathering ZeRO-3 partitions one parameter at a time (call it on every rank);
 `export(dir)` writes them as a Hugging Face checkpoint from rank 0. RLVR
-sends the same iterator to its rollout engines.
+sends the same iterator to its rollout engines: rank 0 broadcasts it
+(`broadcast_weights`), or every rank hands it to its colocated engine through
+shared memory (`share_weights`), or rank 0 returns it (`weight_list`).
 
 Colocated RLVR (`distributed.colocate`): `offload_states()` moves the
 training state off the GPU while the engines beside the ranks generate
@@ -367,6 +369,52 @@ class Learner:
         group, self.weight_group = getattr(self, "weight_group", None), None
         if group is not None:
             group.close()
+
+    # Shared-memory weight sync (rollout.weight_sync: ipc): every rank hands its colocated engine the weights.
+
+    @torch.no_grad()
+    def share_weights(self, buckets: list, engine, version: int, round_id: int = 0) -> dict:
+        """Ipc round `round_id` of `named_weights()` to `engine`, a Ray handle of this rank's colocated engine actor.
+
+        The plan `buckets` (wire form) is packed into two shared buffers on this rank's device, in turn, and
+        handed to the engine a bucket at a time (posttrain.rollout.weight_transfer.share). Call on every rank
+        at once: under ZeRO-3 each tensor is gathered by all ranks, and a rank whose `engine` is None only
+        joins the gathers. Returns {"bytes": bytes handed over, "seconds": the round's, "load_s": the engine's
+        seconds, None without an engine}.
+        """
+        from posttrain.rollout.weight_transfer import Bucket, share
+
+        gathered = self.spec.deepspeed.enabled and self.spec.deepspeed.zero_stage == 3
+        if engine is None:
+            for _ in self.named_weights() if gathered else ():  # only ZeRO-3 gathers need every rank
+                pass
+            return {"bytes": 0, "seconds": 0.0, "load_s": None}
+        start = time.perf_counter()
+        named = self.named_weights()
+        try:
+            buffers = self._shared_buffers(max(Bucket.from_wire(b).nbytes for b in buckets))
+            sent, load_s = share(engine, buffers, buckets, named, version, round_id)
+        except Exception:
+            for _ in named:  # keep joining the other ranks' gathers, so only the failed sync is lost
+                pass
+            raise
+        return {"bytes": sent, "seconds": time.perf_counter() - start, "load_s": load_s}
+
+    def _shared_buffers(self, nbytes: int) -> list:
+        """Two shared buffers of at least `nbytes` on this rank's device, kept from round to round."""
+        from posttrain.rollout.shared_buffer import SharedBuffer
+
+        buffers = getattr(self, "shared_buffers", None)
+        if buffers is None or buffers[0].nbytes < nbytes:
+            self.close_shared_weights()
+            self.shared_buffers = [SharedBuffer.create(nbytes, self.device) for _ in range(2)]
+        return self.shared_buffers
+
+    def close_shared_weights(self) -> None:
+        """Release the shared buffers (their /dev/shm files are unlinked); the next round makes new ones."""
+        for buffer in getattr(self, "shared_buffers", None) or ():
+            buffer.close()
+        self.shared_buffers = None
 
     def _merged_lora_weights(self, peft_model) -> Iterator[tuple[str, torch.Tensor]]:
         from peft.tuners.lora import LoraLayer

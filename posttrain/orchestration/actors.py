@@ -5,11 +5,14 @@ Rollout engines
 `EngineActor` holds one registered rollout engine (`posttrain.rollout`) in
 its own worker process and does only what an engine does: `generate`,
 `load_weights`, the receiving half of a broadcast weight sync
-(`join_weight_group`, `receive_weights`, `leave_weight_group`) or of a vLLM
-weight-transfer round (`weight_transfer`), `sleep` and `wake` (learners sharing the engine's devices,
-`rollout.sleep_mode`), and `ping`, a cheap call that answers while the engine is
-idle, so the driver can tell a dead engine from a busy one
-(`engine_alive`) and start a replacement with `spawn_engine_actor`.
+(`join_weight_group`, `receive_weights`, `leave_weight_group`), `sleep` and `wake`
+(learners sharing the engine's devices, `rollout.sleep_mode`), and `ping`, a
+cheap call that answers while the engine is idle, so the driver can tell a
+dead engine from a busy one (`engine_alive`) and start a replacement with
+`spawn_engine_actor`. Two variants take weight rounds in a second thread:
+`InflightEngineActor` (in-flight updates) and `IpcEngineActor`
+(`rollout.weight_sync: ipc`, where the colocated learner rank calls the engine
+itself while the driver holds the engine's place in its order of calls).
 
 Each engine class names the environment its process needs
 (`Factory.process_env(options)`: for vLLM, whether V1 multiprocessing is on,
@@ -29,18 +32,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from posttrain.config import RolloutSection
-
-# The vLLM weight-transfer calls an EngineActor forwards to its engine.
-WEIGHT_TRANSFER_STEPS = frozenset(
-    {
-        "init_weight_transfer_engine",
-        "start_weight_update",
-        "update_weights",
-        "finish_weight_update",
-        "shutdown_weight_transfer_engine",
-    }
-)
-
 
 class EngineActor:
     """One rollout engine in one Ray worker process (use `spawn_engine_actor`)."""
@@ -99,15 +90,6 @@ class EngineActor:
     def leave_weight_group(self) -> None:
         self.engine.leave_weight_group()
 
-    def weight_transfer(self, step: str, *args) -> None:
-        """One step of a vLLM weight-transfer round (`WEIGHT_TRANSFER_STEPS`), run on the engine."""
-        if step not in WEIGHT_TRANSFER_STEPS:
-            raise ValueError(f"unknown weight-transfer step {step!r}; valid: {', '.join(sorted(WEIGHT_TRANSFER_STEPS))}")
-        method = getattr(self.engine, step, None)
-        if method is None:
-            raise NotImplementedError(f"the {self.options.engine!r} engine has no weight-transfer API (use load_weights)")
-        method(*args)
-
     def sleep(self, level: int) -> dict:
         """Release the engine's memory (`Engine.sleep`); {"seconds", "bytes"}."""
         return self.engine.sleep(level)
@@ -152,6 +134,104 @@ class InflightEngineActor(EngineActor):
     del _weights
 
 
+class IpcEngineActor(EngineActor):
+    """`EngineActor` for `rollout.weight_sync: ipc`: the colocated learner rank runs the round itself.
+
+    The learner rank's calls (`begin_shared_weights`, `load_shared_bucket`, `end_shared_weights`,
+    `abort_shared_weights`) run in their own thread ("weights"), one at a time. The driver, which sends
+    `generate`, sends `take_shared_weights` when it pushes the round: calls on an actor run in the order one
+    caller sent them, so that call holds this actor's main thread at the round's place among the driver's
+    calls (after the generations sent before it, before those sent after) until the round lands, and the
+    learner's `begin_shared_weights` waits for it. No generation runs on a half-loaded model, and a request
+    sent after the push generates with the new weights, as with the other weight syncs. Rounds are matched
+    by an id the weight sync gives both sides. A round that began and did not end (the learner failed or the
+    driver gave up waiting) leaves the model half-loaded: the process ends (exit code 70), so that the pool
+    restarts it.
+    """
+
+    def __init__(self, *args):
+        import threading
+
+        super().__init__(*args)
+        self._rounds = threading.Condition()
+        self._admitted: int | None = None  # the round the driver's call holds the main thread for
+        self._begun: int | None = None  # the round under way in the engine
+        self._landed: dict[int, Any] = {}  # round id -> the engine's seconds, or the error that ended it
+        self._dropped: set[int] = set()  # rounds the driver stopped waiting for
+
+    def take_shared_weights(self, round_id: int, timeout_s: float) -> float:
+        """The driver's part of round `round_id`: hold until it lands; the engine's seconds.
+
+        Gives up after `timeout_s` (the round then fails; the process ends if the round had begun).
+        """
+        with self._rounds:
+            self._admitted = round_id
+            self._rounds.notify_all()
+            landed = self._rounds.wait_for(lambda: round_id in self._landed, timeout_s)
+            self._admitted = None
+            if not landed:
+                self._dropped.add(round_id)
+            result = self._landed.pop(round_id, TimeoutError(f"ipc round {round_id}: no end after {timeout_s} s"))
+            half_loaded = self._begun == round_id
+        if isinstance(result, BaseException):
+            if half_loaded:
+                print(f"[engine] ipc round {round_id} stopped midway ({result!r}); ending this engine", flush=True)
+                os._exit(70)
+            raise result
+        self.weights_ready.set()
+        return result
+
+    def _weights(method):  # noqa: N805 (a decorator used in the class body)
+        import ray
+
+        return ray.method(concurrency_group="weights")(method)
+
+    @_weights
+    def begin_shared_weights(self, round_id: int) -> None:
+        """Wait until the driver's call for `round_id` holds the main thread, then start the engine's round."""
+        with self._rounds:
+            self._rounds.wait_for(lambda: self._admitted == round_id or round_id in self._dropped)
+            if round_id in self._dropped:
+                raise TimeoutError(f"ipc round {round_id}: the driver stopped waiting for it")
+            self._begun = round_id
+        self.engine.begin_shared_weights()
+
+    @_weights
+    def load_shared_bucket(self, bucket: list, handle: dict) -> int:
+        if self._begun is None:  # its round was refused: loading would write into the weights generate uses
+            raise RuntimeError("load_shared_bucket outside a round")
+        return self.engine.load_shared_bucket(bucket, handle)
+
+    @_weights
+    def end_shared_weights(self, round_id: int, version: int) -> float:
+        try:
+            seconds = self.engine.end_shared_weights(version)
+        except Exception as error:
+            self._land(round_id, error)
+            raise
+        with self._rounds:
+            self._begun = None
+        self._land(round_id, seconds)
+        return seconds
+
+    @_weights
+    def abort_shared_weights(self, round_id: int, reason: str) -> None:
+        """The learner rank failed during round `round_id`."""
+        self._land(round_id, RuntimeError(f"ipc round {round_id} failed on the learner's side: {reason}"))
+
+    del _weights
+
+    def _land(self, round_id: int, result) -> None:
+        with self._rounds:
+            if round_id not in self._dropped:
+                self._landed[round_id] = result
+            self._rounds.notify_all()
+
+
+# the weight syncs whose engine actor takes rounds in a thread of their own
+THREADED_ENGINE_ACTORS = {"ipc": IpcEngineActor}
+
+
 def spawn_engine_actor(
     model_path: str,
     options: RolloutSection,
@@ -186,9 +266,9 @@ def spawn_engine_actor(
         actor_options["name"] = name
     if scheduling_strategy is not None:
         actor_options["scheduling_strategy"] = scheduling_strategy
-    # in-flight updates: a second thread for weight rounds only; generate and the rest stay one at a time
-    remote_cls = ray.remote(concurrency_groups={"weights": 1})(InflightEngineActor) if options.inflight_updates \
-        else ray.remote(EngineActor)
+    # in-flight updates and ipc: a second thread for weight rounds only; generate and the rest stay one at a time
+    cls = InflightEngineActor if options.inflight_updates else THREADED_ENGINE_ACTORS.get(options.weight_sync)
+    remote_cls = ray.remote(EngineActor) if cls is None else ray.remote(concurrency_groups={"weights": 1})(cls)
     # (await_weights on a one-thread actor would block the very call that brings the weights: in-flight actors only)
     await_weights = await_weights and options.inflight_updates
     return remote_cls.options(**actor_options).remote(model_path, options.model_dump(), seed, await_weights)
@@ -209,59 +289,6 @@ def engine_alive(actor, timeout: float = 30.0) -> bool:
     except (RayActorError, GetTimeoutError):
         return False
     return True
-
-
-class EngineSyncClient:
-    """vLLM's `VLLMWeightSyncClient` protocol over `EngineActor` handles (vLLM's weight-transfer API: ipc).
-
-    The learner's sender rank builds vLLM's trainer engine with it, once:
-
-        client = EngineSyncClient(actors, workers_per_engine=tensor_parallel_size)
-        sender = WeightTransferTrainerFactory.trainer_init(
-            NCCLTrainerInitInfo(master_address, master_port, world_size=1 + len(actors) * tp, rank=0),
-            # or IPCTrainerInitInfo(rank=0) for an engine on the learner's GPU
-            client=client, source=ModuleSource(model))
-
-    and each step sets `client.version = step` and calls `sender.send_weights()`
-    (start, update, finish on every engine; the engines then report that
-    version). Every call fans out to all engines and waits for them. Each
-    separate engine sees itself as data-parallel rank 0, so NCCL ranks are
-    shifted here: engine i takes ranks rank_offset + i * workers_per_engine on.
-    """
-
-    def __init__(self, actors: list, workers_per_engine: int = 1):
-        self.actors = list(actors)
-        self.workers_per_engine = workers_per_engine
-        self.version: int | None = None  # reported by the engines after the next finish_weight_update
-
-    def _all(self, calls: list) -> None:
-        import ray
-
-        ray.get(calls)
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        def for_engine(i: int) -> dict[str, Any]:
-            if "rank_offset" not in init_info:  # ipc: no process group
-                return init_info
-            return {**init_info, "rank_offset": int(init_info["rank_offset"]) + i * self.workers_per_engine}
-
-        self._all(
-            [actor.weight_transfer.remote("init_weight_transfer_engine", for_engine(i)) for i, actor in enumerate(self.actors)]
-        )
-
-    def shutdown_weight_transfer_engine(self) -> None:
-        self._all([actor.weight_transfer.remote("shutdown_weight_transfer_engine") for actor in self.actors])
-
-    def start_weight_update(self) -> None:
-        self._all([actor.weight_transfer.remote("start_weight_update") for actor in self.actors])
-
-    def update_weights(self, update_info) -> None:
-        self._all([actor.weight_transfer.remote("update_weights", update_info) for actor in self.actors])
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        if weight_version is None and self.version is not None:
-            weight_version = str(self.version)
-        self._all([actor.weight_transfer.remote("finish_weight_update", weight_version) for actor in self.actors])
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """How the learner's weights reach the rollout engines after a step (`rollout.weight_sync`).
 
-Two strategies behind one interface, registered by name:
+Three strategies behind one interface, registered by name:
 
 - `broadcast`: learner rank 0 and every engine worker form one collective
   group (posttrain.rollout.weight_transfer: NCCL on GPUs, gloo on CPUs). A
@@ -8,6 +8,14 @@ Two strategies behind one interface, registered by name:
   layer by layer, packed into flat buckets, broadcast by rank 0) and
   `receive_weights` on every engine at once; nothing passes through the
   driver or Ray's object store.
+- `ipc` (colocated: learner rank i and engine i share one GPU, or one
+  machine on CPUs): a round is `share_weights` on every learner rank at once
+  (each tensor gathered layer by layer); rank i packs the buckets into shared
+  buffers (posttrain.rollout.shared_buffer: CUDA IPC, /dev/shm) and calls its
+  engine itself (`begin_shared_weights`, `load_shared_bucket` per bucket,
+  `end_shared_weights`), while the driver's `take_shared_weights` holds the
+  engine's place among the driver's calls (`IpcEngineActor`). Only handles
+  cross processes.
 - `reload`: rank 0 gathers the weights into a list that Ray's object store
   carries to each engine's `load_weights` (one pickled copy per engine node).
 
@@ -16,12 +24,13 @@ actor run in the order they were sent, so an engine takes the weights after
 the generation it was already given; with in-flight updates, in its own
 thread beside it); `settle(round)` waits for it and returns each engine's
 load seconds. A round that fails because an engine died (or the group broke)
-is repaired: dead engines are restarted in their bundles, the group is
-formed again, and the learner's current weights are sent again, so the step
-is not lost. `restore(index)` gives a restarted engine the latest weights
-before it gets prompts again (`EnginePool.restart` calls it); a vLLM engine
-whose round failed midway ends its process (its model is half-loaded), so
-it is restarted the same way.
+is repaired: dead engines are restarted in their bundles, the group (if
+any) is formed again, and the learner's current weights are sent again, so
+the step is not lost. `restore(index)` gives a restarted engine the latest
+weights before it gets prompts again (`EnginePool.restart` calls it; ipc
+sends them to that engine alone); a vLLM engine whose round failed midway
+ends its process (its model is half-loaded), so it is restarted the same
+way.
 """
 
 from __future__ import annotations
@@ -195,6 +204,49 @@ class BroadcastSync(_Sync):
 
     def close(self) -> None:
         _settle_all([w.call.remote("close_weight_group") for w in self.learners.workers[:1]], self.timeout_s)
+
+
+@WEIGHT_SYNCS.register("ipc")
+class IpcSync(_Sync):
+    """Learner rank i hands engine i the weights through shared memory (see the module docstring)."""
+
+    def __init__(self, learners, engines, config: RLVRConfig):
+        import itertools
+
+        from posttrain.rollout.weight_transfer import plan_buckets
+
+        super().__init__(learners, engines, config)
+        if len(engines) != len(learners.workers):
+            raise ValueError(f"rollout.weight_sync=ipc pairs learner rank i with engine i: {len(learners.workers)} "
+                             f"learner ranks, {len(engines)} engines (distributed.colocate makes one per rank)")
+        rollout = config.rollout
+        metadata = ray.get(learners.workers[0].call.remote("weight_metadata"))
+        dtype = resolve_dtype(rollout.dtype, config.distributed.use_gpu)
+        self.buckets = [b.to_wire() for b in plan_buckets(metadata, dtype, int(rollout.weight_bucket_mb * MIB))]
+        self.timeout_s = rollout.weight_sync_timeout_s
+        self.round_ids = itertools.count()
+
+    def _send(self, version: int, only: int | None = None) -> Round:
+        """Rank i sends to engine i, for every i or only `only`; every rank joins the gathers. Each engine first
+        gets the driver's `take_shared_weights`, which holds its place among the driver's calls (IpcEngineActor)."""
+        actors, round_id = list(self.engines.actors), next(self.round_ids)
+        to = [i for i in range(len(actors)) if only in (None, i)]
+        engine_refs = [actors[i].take_shared_weights.remote(round_id, self.timeout_s) for i in to]
+        learner_refs = [w.call.remote("share_weights", self.buckets, actors[i] if i in to else None, version, round_id)
+                        for i, w in enumerate(self.learners.workers)]
+        return Round(version, engine_refs, learner_refs, actors)
+
+    def restore(self, index: int) -> None:
+        """A restarted engine gets the latest weights from its learner rank (queued, not awaited)."""
+        if self.latest is None:  # it holds the checkpoint it was built from, as every engine does
+            return
+        resend = self._send(self.latest, only=index)
+        if self.resent is not None:  # an earlier restart's resend, not yet awaited
+            resend.prior_refs += self.resent.refs()
+        self.resent = resend
+
+    def close(self) -> None:
+        _settle_all([w.call.remote("close_shared_weights") for w in self.learners.workers], self.timeout_s)
 
 
 def _alive(actor, timeout: float = 5.0) -> bool:

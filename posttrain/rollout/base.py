@@ -139,6 +139,22 @@ class Engine(Protocol):
         weight round, then "kv_cache". Returns {"seconds", "bytes" restored}; awake tags are skipped."""
         ...
 
+    # Shared-memory weight sync (`rollout.weight_sync: ipc`, posttrain.rollout.shared_buffer): the colocated
+    # learner rank calls these in order, one round at a time.
+
+    def begin_shared_weights(self) -> None:
+        """Start a round; the model is only complete again after `end_shared_weights`."""
+        ...
+
+    def load_shared_bucket(self, bucket: list, handle: dict) -> int:
+        """Load one bucket (`Bucket.to_wire`) from the learner's shared buffer `handle`; returns its bytes.
+        The learner may overwrite the buffer once this returns."""
+        ...
+
+    def end_shared_weights(self, version: int) -> float:
+        """End the round: sets `policy_version = version`; returns the seconds since `begin_shared_weights`."""
+        ...
+
     def close(self) -> None:
         """Release the model and its caches (the engine is unusable afterwards)."""
         ...

@@ -19,6 +19,10 @@ is drawn (see `posttrain.rollout.base` for what the log-prob means).
 Stopping: at <|im_end|> / eos (the stop token is kept in the response) or at
 the row's own `max_tokens` (a per-row stopping criterion).
 
+Weights: `load_weights` copies named tensors into the parameters; a
+broadcast round (`receive_weights`) and an ipc round (`begin_shared_weights`,
+`load_shared_bucket` per bucket, `end_shared_weights`) go through it, a
+bucket at a time.
 Sleep (`sleep` / `wake`, the contract of `posttrain.rollout.vllm_engine`):
 level 2 frees the parameters' memory (storages resized to 0 in place; the
 next `load_weights` must give every weight); level 1 moves them to host
@@ -143,6 +147,7 @@ class HFEngine:
         self.asleep: set[str] = set()  # the tags (SLEEP_TAGS) whose memory is released
         self.weights_discarded = False  # a level-2 sleep came and no load_weights since
         self._slept_weights: list = []  # what host_sleep.free_storages freed
+        self._shared_since: float | None = None  # when the open ipc round began
 
     def generate(
         self,
@@ -300,6 +305,30 @@ class HFEngine:
             self._slept_weights = []
         self.asleep -= set(tags)
         return {"seconds": time.perf_counter() - start, "bytes": restored}
+    # -- ipc (weight_sync=ipc): the colocated learner rank hands over shared buffers --
+
+    def begin_shared_weights(self) -> None:
+        self._shared_since = time.perf_counter()
+
+    def load_shared_bucket(self, bucket: list, handle: dict) -> int:
+        """Copy one bucket (wire form) from the learner's shared buffer into the parameters; its bytes."""
+        from posttrain.rollout.shared_buffer import open_shared
+        from posttrain.rollout.weight_transfer import Bucket, unpack
+
+        bucket = Bucket.from_wire(bucket)
+        flat = open_shared(handle, self.device)[: bucket.nbytes].view(bucket.torch_dtype)
+        self.load_weights(unpack(bucket, flat), self.policy_version)  # the round's version comes with its end
+        if self.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()  # copied before the learner refills the buffer
+        return bucket.nbytes
+
+    def end_shared_weights(self, version: int) -> float:
+        """The model holds `version`; seconds since `begin_shared_weights`."""
+        start, self._shared_since = self._shared_since, None
+        if start is None:
+            raise RuntimeError("end_shared_weights without begin_shared_weights")
+        self.policy_version = version
+        return time.perf_counter() - start
 
     def close(self) -> None:
         self.leave_weight_group()

@@ -8,7 +8,7 @@ built with `logprobs_mode="processed_logprobs"` and requests `logprobs=0`,
 which returns exactly the sampled token's log-prob under the tempered,
 top-p-truncated distribution (see `posttrain.rollout.base`).
 
-Weight updates, two paths (`rollout.weight_sync`):
+Weight updates, three paths (`rollout.weight_sync`):
 
 - `broadcast` (CPU or GPU; the default of the cluster recipes): the engine is
   built with `posttrain.rollout.weight_receiver.WeightReceiver` as vLLM's
@@ -16,6 +16,14 @@ Weight updates, two paths (`rollout.weight_sync`):
   every worker join the learner's weight group (gloo on CPU, NCCL on GPU; see
   `posttrain.rollout.weight_transfer`), and each `receive_weights` takes one
   bucketed broadcast from learner rank 0 straight into the workers' models.
+- `ipc` (an engine colocated with one learner rank: tensor_parallel_size 1,
+  the same GPU or machine): the same worker extension and multiprocessing.
+  The learner rank fills shared buffers (CUDA IPC on GPUs, /dev/shm files on
+  CPUs; `posttrain.rollout.shared_buffer`) and calls `begin_shared_weights`,
+  `load_shared_bucket(bucket, handle)` per bucket and
+  `end_shared_weights(version)`; the worker opens each buffer, copies the
+  bucket out and feeds it to a layerwise reload that stays open across the
+  calls. Only the handles pass through this process.
 - `reload` (a set-up where no group can be formed): `load_weights` calls the
   worker's `reload_weights(weights_iterator=...)` through
   `LLM.collective_rpc`, with `VLLM_ENABLE_V1_MULTIPROCESSING=0` so the worker
@@ -23,14 +31,12 @@ Weight updates, two paths (`rollout.weight_sync`):
   serialised); the tensors reach this process through Ray's object store.
   It needs the full set of weights: a layer given only some of its tensors
   is left half-loaded.
-- `ipc` (GPU, an engine on the learner's own GPU, driven by the caller): the
-  engine is built with vLLM's weight-transfer API and exposes its receiving
-  half (`init_weight_transfer_engine`, `start_weight_update`,
-  `update_weights`, `finish_weight_update`, `shutdown_weight_transfer_engine`)
-  for `posttrain.orchestration.actors.EngineSyncClient`.
 
-Both vLLM paths load through vLLM's layerwise reload, which re-runs each
-layer's weight processing (fused qkv / gate-up projections, CPU packing).
+All three load through vLLM's layerwise reload, which re-runs each layer's
+weight processing (fused qkv / gate-up projections, CPU packing). A
+`broadcast` or `ipc` round that fails midway leaves layers without weights,
+which no later round can mend: the engine then ends its process (exit code
+70), and the pool restarts it and sends it the weights.
 
 In-flight updates (`rollout.inflight_updates`, broadcast only): the engine
 actor runs `receive_weights` in its own thread while `generate` runs. The
@@ -60,7 +66,8 @@ or after a level-2 sleep until new weights have landed, and a weight round
 refuses to land in released weights.
 
 Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is required for `reload`
-(and set here, except for `broadcast`, which keeps vLLM's worker processes); `rollout.kv_cache_gib` becomes the KV cache size
+(and set here, except for `broadcast` and `ipc`, which keep vLLM's worker
+processes); `rollout.kv_cache_gib` becomes the KV cache size
 (`kv_cache_memory_bytes`, and `VLLM_CPU_KVCACHE_SPACE` on CPU builds, whose
 legacy variable would otherwise override it). Threads: vLLM drops an
 in-process CPU engine to one torch thread unless `OMP_NUM_THREADS` is set;
@@ -72,7 +79,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -91,6 +98,7 @@ from posttrain.rollout.base import (
 )
 
 GIB = 2**30
+WORKER_SYNCS = ("broadcast", "ipc")  # the weight syncs that reach vLLM's worker processes (WeightReceiver)
 
 
 @ENGINES.register("vllm")
@@ -100,9 +108,9 @@ class VLLMEngine:
     @staticmethod
     def process_env(options: RolloutSection) -> dict[str, str]:
         """Environment variables a process needs before it builds this engine."""
-        # reload (and ipc, as it was measured) hand weights to the worker in this process; broadcast reaches
-        # the worker processes through the weight group
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.weight_sync == "broadcast" else "0"}
+        # reload hands weights to the worker in this process; broadcast and ipc reach the worker processes
+        # themselves (through the weight group, or shared buffers)
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.weight_sync in WORKER_SYNCS else "0"}
         if options.kv_cache_gib is not None:  # read by CPU builds only
             whole = float(options.kv_cache_gib).is_integer()
             # The legacy variable takes whole GiB and overrides kv_cache_memory_bytes;
@@ -142,18 +150,14 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * GIB)
         if options.max_num_seqs is not None:
             kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.weight_sync == "broadcast" or options.sleep_mode:
-            # the worker-side halves of a broadcast round and of sleep on CPU (module docstring)
+        if options.weight_sync in WORKER_SYNCS or options.sleep_mode:
+            # the worker-side halves of broadcast and ipc rounds, and of sleep on CPU (module docstring)
             kwargs["worker_extension_cls"] = "posttrain.rollout.weight_receiver.WeightReceiver"
         if options.sleep_mode and on_gpu:
             kwargs["enable_sleep_mode"] = True
         if options.weight_sync == "broadcast":
             if options.inflight_updates:
                 kwargs["enable_prefix_caching"] = False
-        elif options.weight_sync == "ipc":  # vLLM's weight-transfer API
-            if not on_gpu:
-                raise ValueError("rollout.weight_sync=ipc needs a CUDA GPU; use broadcast or reload on CPU")
-            kwargs["weight_transfer_config"] = {"backend": "ipc"}
         # vLLM-CPU replaces torch.set_num_threads process-wide with a no-op to guard
         # its thread binding; other code in this process keeps the real one.
         set_num_threads = torch.set_num_threads
@@ -167,6 +171,7 @@ class VLLMEngine:
         self.seed = seed
         self.calls = 0
         self.policy_version = 0
+        self._shared_since: float | None = None  # when the open ipc round began
         self.inflight = options.inflight_updates
         self.sleep_mode = options.sleep_mode
         self.asleep: set[str] = set()  # the tags (SLEEP_TAGS) whose memory is released
@@ -270,27 +275,38 @@ class VLLMEngine:
     def leave_weight_group(self) -> None:
         self.llm.collective_rpc("leave_weight_group")
 
-    # -- vLLM weight-transfer API (weight_sync=ipc): the receiving half of a round --
+    # -- ipc (weight_sync=ipc): the colocated learner rank hands over shared buffers --
 
-    def init_weight_transfer_engine(self, init_info: dict) -> None:
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
-
-    def start_weight_update(self) -> None:
+    def begin_shared_weights(self) -> None:
+        """Start an ipc round. A round still open (its learner stopped midway) left the model half-loaded:
+        the process ends, so that the pool restarts it."""
+        if self._shared_since is not None:
+            _end_process("an ipc round began before the last one ended")
         refuse_load_asleep(self)
-        self.llm.start_weight_update()
+        self._shared_since = time.perf_counter()
+        self._round_step("begin_shared_weights")
 
-    def update_weights(self, update_info: dict | list[dict]) -> None:
-        self.llm.update_weights({"update_info": update_info})
+    def load_shared_bucket(self, bucket: list, handle: dict) -> int:
+        """Load one bucket (wire form) from the learner's shared buffer; its bytes. The buffer is free again
+        when this returns (the worker copied the bucket out)."""
+        return self._round_step("load_shared_bucket", bucket, handle)
 
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.llm.finish_weight_update()
+    def end_shared_weights(self, version: int) -> float:
+        """End the round: the model holds `version`; seconds since `begin_shared_weights`."""
+        if self._shared_since is None:
+            raise RuntimeError("end_shared_weights without begin_shared_weights")
+        self._round_step("end_shared_weights")
         self.llm.reset_prefix_cache()
         self.weights_discarded = False
-        if weight_version is not None:
-            self.policy_version = int(weight_version)
+        self.policy_version = version
+        start, self._shared_since = self._shared_since, None
+        return time.perf_counter() - start
 
-    def shutdown_weight_transfer_engine(self) -> None:
-        self.llm.shutdown_weight_transfer_engine()
+    def _round_step(self, method: str, *args):
+        try:
+            return self.llm.collective_rpc(method, args=args)[0]
+        except Exception as error:
+            _end_process(f"{method} failed ({error!r})")
 
     # -- sleep mode (rollout.sleep_mode; module docstring) --
 
@@ -351,6 +367,13 @@ class VLLMEngine:
         self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         cleanup_dist_env_and_memory()
+
+
+def _end_process(why: str) -> NoReturn:
+    """A weight round stopped midway: vLLM's layerwise reload left layers without weights, and a later round
+    cannot mend them. End the process: the pool restarts the engine and sends it the weights."""
+    print(f"[vllm engine] {why}; ending this engine", flush=True)
+    os._exit(70)
 
 
 def max_model_len(model_path: str, options: RolloutSection) -> int:

@@ -15,6 +15,10 @@ hands views of it (`unpack`) to the model's weight loader. Memory on either
 side is bounded by a bucket (or the largest tensor, when larger), not the
 model; a receiver whose loader holds a layer's tensors until the layer is
 complete (vLLM) holds the buckets that layer spans.
+
+`rollout.weight_sync: ipc` cuts and packs its buckets the same way, into
+shared buffers (posttrain.rollout.shared_buffer) that the sender hands to one
+colocated engine a bucket at a time (`share`) instead of broadcasting them.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class Bucket:
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.torch_dtype).element_size()
+
     def to_wire(self) -> list:
         """Plain lists (what vLLM's RPC serialiser carries); `Bucket.from_wire` reverses it."""
         return [self.dtype, self.numel, [[s.name, list(s.shape), s.offset] for s in self.slots]]
@@ -87,11 +95,21 @@ def plan_buckets(metadata: Iterable[tuple[str, Sequence[int]]], dtype: str,
     return buckets
 
 
-def pack(bucket: Bucket, tensors: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
-    """The bucket's flat buffer filled with `tensors` (one per slot, cast to the bucket's dtype)."""
+def pack(bucket: Bucket, tensors: Sequence[torch.Tensor], device: torch.device | str = "cpu",
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """The bucket's flat buffer filled with `tensors` (one per slot, cast to the bucket's dtype).
+
+    `out`: a byte buffer of at least `bucket.nbytes` to fill (its start, viewed in the bucket's dtype, is
+    returned) instead of a new buffer on `device`.
+    """
     if len(tensors) != len(bucket.slots):
         raise ValueError(f"bucket of {len(bucket.slots)} tensors given {len(tensors)}")
-    flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+    if out is None:
+        flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+    elif out.numel() * out.element_size() < bucket.nbytes:
+        raise ValueError(f"a bucket of {bucket.nbytes} bytes does not fit a buffer of {out.numel() * out.element_size()}")
+    else:
+        flat = out[: bucket.nbytes].view(bucket.torch_dtype)
     for slot, tensor in zip(bucket.slots, tensors):
         if tuple(tensor.shape) != slot.shape:
             raise ValueError(f"{slot.name}: shape {tuple(tensor.shape)} where the bucket plan has {slot.shape}")
@@ -157,9 +175,11 @@ class WeightGroup:
         self._store = None
 
 
-def send(group: WeightGroup, buckets: Sequence[Bucket], named: Iterable[tuple[str, torch.Tensor]]) -> int:
-    """Sender side: pack the named tensors (in plan order) bucket by bucket and broadcast each; bytes sent."""
-    sent, named = 0, iter(named)
+def grouped(buckets: Sequence[Bucket], named: Iterable[tuple[str, torch.Tensor]]
+            ) -> Iterator[tuple[Bucket, list[torch.Tensor]]]:
+    """(bucket, its tensors) per bucket of the plan, drawing the named tensors in plan order (lazily: a bucket's
+    tensors are drawn only when it is asked for). Raises when the names leave the plan."""
+    named = iter(named)
     for bucket in buckets:
         tensors = []
         for slot in bucket.slots:
@@ -169,12 +189,53 @@ def send(group: WeightGroup, buckets: Sequence[Bucket], named: Iterable[tuple[st
             if name != slot.name:
                 raise ValueError(f"weights arrive as {name!r} where the bucket plan has {slot.name!r}")
             tensors.append(tensor)
-        flat = group.broadcast(pack(bucket, tensors, group.device))
-        sent += flat.numel() * flat.element_size()
+        yield bucket, tensors
     leftover = next(named, None)
     if leftover is not None:
         raise ValueError(f"the bucket plan ends before {leftover[0]!r}")
+
+
+def send(group: WeightGroup, buckets: Sequence[Bucket], named: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """Sender side: pack the named tensors (in plan order) bucket by bucket and broadcast each; bytes sent."""
+    sent = 0
+    for bucket, tensors in grouped(buckets, named):
+        flat = group.broadcast(pack(bucket, tensors, group.device))
+        sent += flat.numel() * flat.element_size()
     return sent
+
+
+def share(engine, buffers: Sequence, buckets: Sequence[list], named: Iterable[tuple[str, torch.Tensor]],
+          version: int, round_id: int) -> tuple[int, float]:
+    """Ipc sender side: round `round_id` of the named tensors (in plan order) to `engine`, a Ray handle of an
+    `IpcEngineActor` (posttrain.orchestration.actors) that can open `buffers` (SharedBuffer, two or more).
+
+    Calls `begin_shared_weights`, then `load_shared_bucket(bucket, handle)` per bucket of the plan `buckets`
+    (wire form), each packed into the next buffer in turn, then `end_shared_weights(version)`; after a failure,
+    `abort_shared_weights`. Packing bucket k+1 overlaps the engine loading bucket k; a buffer is refilled only
+    once the engine has acknowledged the bucket it held (the engine copies each bucket out). Returns (bytes
+    handed over, the engine's seconds). The driver holds the engine for the round meanwhile
+    (`take_shared_weights`).
+    """
+    import ray
+
+    refs = [engine.begin_shared_weights.remote(round_id)]
+    held = [None] * len(buffers)  # per buffer: the ack of the bucket it holds
+    sent = 0
+    try:
+        for k, (bucket, tensors) in enumerate(grouped([Bucket.from_wire(b) for b in buckets], named)):
+            slot = k % len(buffers)
+            if held[slot] is not None:
+                ray.get(held[slot])
+            with torch.no_grad():
+                pack(bucket, tensors, out=buffers[slot].tensor)
+            held[slot] = engine.load_shared_bucket.remote(buckets[k], buffers[slot].handle())
+            refs.append(held[slot])
+            sent += bucket.nbytes
+        refs.append(engine.end_shared_weights.remote(round_id, version))
+        return sent, ray.get(refs)[-1]
+    except Exception as error:
+        engine.abort_shared_weights.remote(round_id, repr(error))  # not awaited: the engine may be dead
+        raise
 
 
 def receive(group: WeightGroup, buckets: Sequence[Bucket]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -9,8 +9,10 @@ import ray
 import torch
 
 from posttrain.config import RolloutSection
-from posttrain.orchestration.actors import EngineSyncClient, engine_alive, spawn_engine_actor
+from posttrain.orchestration.actors import engine_alive, spawn_engine_actor
+from posttrain.rollout.shared_buffer import SharedBuffer
 from posttrain.rollout.testing import build_checkpoint, random_weights
+from posttrain.rollout.weight_transfer import plan_buckets, share
 
 pytestmark = pytest.mark.slow  # Ray start-up and one worker process per engine: 10 s and more each
 
@@ -26,7 +28,8 @@ PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13]]
 
 
 def test_hf_engine_actor_generates_and_takes_weights(local_ray, model_dir):
-    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf"), num_cpus=1)
+    """By `load_weights`, then by an ipc round (the actor built for it: IpcEngineActor)."""
+    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf", weight_sync="ipc"), num_cpus=1)
     state = ray.get(actor.ping.remote(), timeout=120)
     assert state["engine"] == "hf" and state["policy_version"] == 0
     before = ray.get(actor.generate.remote(PROMPTS, 2, temperature=0, max_tokens=6))
@@ -36,10 +39,19 @@ def test_hf_engine_actor_generates_and_takes_weights(local_ray, model_dir):
     after = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6))
     assert seconds >= 0 and ray.get(actor.ping.remote())["policy_version"] == 4
     assert [c.token_ids for c in after] != [c.token_ids for c in before[::2]]
-    with pytest.raises(NotImplementedError, match="no weight-transfer API"):
-        EngineSyncClient([actor]).start_weight_update()
-    with pytest.raises(ValueError, match="unknown weight-transfer step"):
-        ray.get(actor.weight_transfer.remote("rm_rf"))
+    # an ipc round from this process (the learner's stand-in) brings the checkpoint's own weights back
+    weights = list(random_weights(model_dir, seed=0, logit_scale=20.0).items())
+    plan = plan_buckets([(n, t.shape) for n, t in weights], "float32", 2**14)
+    buffers = [SharedBuffer.create(max(b.nbytes for b in plan)) for _ in range(2)]
+    held = actor.take_shared_weights.remote(0, 60)  # the driver's part: the engine's place among its calls
+    sent, seconds = share(actor, buffers, [b.to_wire() for b in plan], weights, 5, round_id=0)
+    assert ray.get(held) == seconds
+    assert len(plan) > 4 and sent == sum(t.numel() * 4 for _, t in weights) and seconds >= 0
+    again = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6))
+    assert ray.get(actor.ping.remote())["policy_version"] == 5
+    assert [c.token_ids for c in again] == [c.token_ids for c in before[::2]]
+    for buffer in buffers:
+        buffer.close()
     ray.kill(actor)
 
 
@@ -63,6 +75,26 @@ def test_engine_actor_forwards_sleep_and_wake_and_ping_reports_them(local_ray, m
     finally:
         ray.kill(actor)
     assert [c.token_ids for c in after] == [c.token_ids for c in before]
+
+
+def test_an_ipc_round_that_stops_midway_ends_the_engine(local_ray, model_dir):
+    """The learner's side fails after some buckets (weights that leave the plan): it aborts the round, and the
+    engine, half-loaded, ends its process (for the pool to restart) instead of generating again."""
+    actor = spawn_engine_actor(str(model_dir), RolloutSection(engine="hf", weight_sync="ipc"), num_cpus=1)
+    weights = list(random_weights(model_dir, seed=3, logit_scale=20.0).items())
+    plan = plan_buckets([(n, t.shape) for n, t in weights], "float32", 2**14)
+    buffers = [SharedBuffer.create(max(b.nbytes for b in plan)) for _ in range(2)]
+    try:
+        held = actor.take_shared_weights.remote(0, 60)
+        wrong = weights[:3] + [("model.nonexistent.weight", weights[3][1])] + weights[4:]
+        with pytest.raises(ValueError, match="where the bucket plan has"):
+            share(actor, buffers, [b.to_wire() for b in plan], wrong, 1, round_id=0)
+        with pytest.raises(ray.exceptions.ActorDiedError):
+            ray.get(held, timeout=60)
+    finally:
+        for buffer in buffers:
+            buffer.close()
+        ray.kill(actor)
 
 
 def test_killed_engine_is_detected_and_a_replacement_answers(local_ray, model_dir):
@@ -98,11 +130,10 @@ def test_vllm_engine_actor_generates_and_reloads_in_process(local_ray, model_dir
 
 
 @pytest.mark.gpu
-def test_ipc_weight_transfer_updates_an_engine_on_the_learners_gpu(local_ray, model_dir):
-    """weight_sync=ipc: vLLM's trainer engine sends a CUDA model's weights through EngineSyncClient."""
+def test_an_ipc_round_updates_a_vllm_engine_on_the_learners_gpu(local_ray, model_dir):
+    """weight_sync=ipc on a GPU: a CUDA model in this process (the learner's stand-in) hands the engine its weights
+    through CUDA IPC buffers."""
     from transformers import AutoModelForCausalLM
-    from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
-    from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
     options = RolloutSection(engine="vllm", weight_sync="ipc", gpu_memory_utilization=0.2,
                              max_prompt_length=32, max_response_length=32)
@@ -111,11 +142,12 @@ def test_ipc_weight_transfer_updates_an_engine_on_the_learners_gpu(local_ray, mo
         before = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=600)
         learner = AutoModelForCausalLM.from_pretrained(model_dir).cuda()
         learner.load_state_dict(random_weights(model_dir, seed=3, logit_scale=20.0))
-        client = EngineSyncClient([actor])
-        sender = WeightTransferTrainerFactory.trainer_init(IPCTrainerInitInfo(rank=0), client=client,
-                                                           source=ModuleSource(learner))
-        client.version = 5
-        sender.send_weights()
+        named = [(name, param.detach()) for name, param in learner.named_parameters()]
+        plan = plan_buckets([(n, t.shape) for n, t in named], "bfloat16", 2**16)
+        buffers = [SharedBuffer.create(max(b.nbytes for b in plan), "cuda") for _ in range(2)]
+        held = actor.take_shared_weights.remote(0, 120)
+        share(actor, buffers, [b.to_wire() for b in plan], named, 5, round_id=0)
+        ray.get(held)
         after = ray.get(actor.generate.remote(PROMPTS, 1, temperature=0, max_tokens=6), timeout=120)
         assert ray.get(actor.ping.remote())["policy_version"] == 5
     finally:
