@@ -107,10 +107,12 @@ class Resources:
     engine_gpus: int  # rollout.num_engines x tensor_parallel_size (RLVR on GPU), else 0
     nodes: int
     judge_gpus: int = 0  # judge.num_gpus (RLVR with a served judge, on GPU), else 0
+    colocated: bool = False  # distributed.colocate: the engines run on the learners' GPUs
 
     @property
     def gpus(self) -> int:
-        return (self.learners + self.engine_gpus + self.judge_gpus) if self.on_gpu else 0
+        engines = 0 if self.colocated else self.engine_gpus
+        return (self.learners + engines + self.judge_gpus) if self.on_gpu else 0
 
 
 @dataclass
@@ -156,7 +158,7 @@ def resources(plan: Plan, config: StageConfig, per_node: int) -> Resources:
     engines = rollout.num_engines * rollout.tensor_parallel_size if rollout is not None and dist.use_gpu else 0
     judge = getattr(config, "judge", None)
     judge_gpus = judge.num_gpus if judge is not None and dist.use_gpu else 0
-    res = Resources(dist.use_gpu, per_node, dist.num_workers, engines, 0, judge_gpus)
+    res = Resources(dist.use_gpu, per_node, dist.num_workers, engines, 0, judge_gpus, colocated=dist.colocate)
     if not dist.use_gpu:
         res.nodes = 1
         plan.add("learners", f"{dist.num_workers} CPU rank(s), no GPUs (distributed.use_gpu is false)")
@@ -166,13 +168,17 @@ def resources(plan: Plan, config: StageConfig, per_node: int) -> Resources:
     if rollout is not None:
         _check_engines(plan, rollout.tensor_parallel_size, per_node)
     _check_fills_nodes(plan, "learner GPUs (distributed.num_workers)", dist.num_workers, per_node)
-    _check_fills_nodes(plan, "inference GPUs (rollout.num_engines x tensor_parallel_size)", engines, per_node)
-    if dist.num_workers + engines + judge_gpus <= per_node:
+    own_engines = 0 if res.colocated else engines  # colocated engines hold no GPUs of their own
+    _check_fills_nodes(plan, "inference GPUs (rollout.num_engines x tensor_parallel_size)", own_engines, per_node)
+    if dist.num_workers + own_engines + judge_gpus <= per_node:
         res.nodes = 1
     else:
-        res.nodes = sum(math.ceil(gpus / per_node) for gpus in (dist.num_workers, engines, judge_gpus))
+        res.nodes = sum(math.ceil(gpus / per_node) for gpus in (dist.num_workers, own_engines, judge_gpus))
     plan.add("learners", f"{dist.num_workers} GPUs ({_nodes(dist.num_workers, per_node)})")
-    if rollout is not None:
+    if rollout is not None and res.colocated:
+        plan.add("inference", f"{rollout.num_engines} engines on the learners' GPUs, one each (distributed.colocate):"
+                              " they sleep while the learners update")
+    elif rollout is not None:
         engines_are = f"{rollout.num_engines} engines x tensor parallel {rollout.tensor_parallel_size}"
         plan.add("inference", f"{engines} GPUs ({_nodes(engines, per_node)}): {engines_are}")
     if judge_gpus:
@@ -410,7 +416,23 @@ def _plan_memory(plan: Plan, config: StageConfig, res: Resources, params: Option
         plan.problems.append(f"learner memory: {total / GB:.1f} GB per GPU is over {MARGIN:.0%} of {gpu}: "
                              + "; ".join(fixes))
     if getattr(config, "rollout", None) is not None:
-        _plan_engine_memory(plan, shape, engine_setup(config, params), capacity, gpu)
+        engine = engine_setup(config, params)
+        _plan_engine_memory(plan, shape, engine, capacity, gpu)
+        if res.colocated:
+            _plan_colocated_memory(plan, parts, engine, capacity, gpu)
+
+
+def _plan_colocated_memory(plan: Plan, learner_parts: dict, engine: EngineSetup, capacity: float, gpu: str) -> None:
+    """Colocated, the tightest moment is the engines' start: the learner holds its states (not yet offloaded; no
+    activations), the engine takes its share. Later the two take turns, each beside the other's remainder."""
+    held = sum(v for k, v in learner_parts.items() if k not in ("activations", "loss"))
+    total, allowed = held + engine.utilization * capacity, MARGIN * capacity
+    plan.add("colocated", f"{total / GB:.1f} GB per GPU at the engines' start: the learner's states {held / GB:.1f} GB"
+                          f" beside the engine's {engine.utilization * capacity / GB:.1f} GB, of {allowed / GB:.0f} GB")
+    if total > allowed:
+        plan.problems.append(f"colocated memory: the learner's states ({held / GB:.1f} GB) and the engine's share "
+                             f"({engine.utilization:g} of {gpu}) exceed {MARGIN:.0%} of it: lower "
+                             "rollout.gpu_memory_utilization, or shard the learner over more ranks")
 
 
 def _plan_engine_memory(plan: Plan, shape: Shape, engine: EngineSetup, capacity: float, gpu: str) -> None:

@@ -95,6 +95,28 @@ def test_7b_think_rlvr_by_hand():
     assert "512 samples per update = 16 ranks x 1 x 32 accumulation" in render(plan, Assumptions())
 
 
+def test_colocated_7b_think_rlvr_on_one_node_by_hand():
+    """recipes/examples: 8 ranks, each with an engine on its GPU, on-policy.
+
+    - GPUs: 8 (the engines hold none of their own), 1 node
+    - generation: 16,777,216 / (8 x 1,000 tokens/s) = 2,097.2 s; training: 8 x 7.3e9 x 17,825,792 / (8 x 989e12 x
+      0.40) = 328.9 s; in turn: 2,426.1 s a step; GPU-hours = 1,400 x 2,426.1 / 3,600 x 8 = 7,548
+    - memory at the engines' start: the learner's states beside 0.5 x 80 GB
+    """
+    path = REPO / "recipes" / "examples" / "olmo3-7b-think-rlvr-colocated.yaml"
+    plan = make_plan(load_recipe(path), "colocated", Assumptions(), recipe_facts("7b/think/rlvr"))
+    res = plan.resources
+    assert (res.learners, res.engine_gpus, res.gpus, res.nodes, res.colocated) == (8, 8, 8, 1, True)
+    step = 512 * 32768 / (8 * 1000.0) + 8 * 7.3e9 * 17_825_792 / (8 * H100_AT_40)
+    assert step == pytest.approx(2426.1, abs=0.1)
+    assert plan.gpu_hours == pytest.approx(1400 * step / 3600 * 8)
+    text = render(plan, Assumptions())
+    assert "8 engines on the learners' GPUs" in text and "beside the engine's 40.0 GB" in text
+    with pytest.raises(PlanError, match="colocated memory"):
+        make_plan(load_recipe(path, ["rollout.gpu_memory_utilization=0.85"]), "colocated", Assumptions(),
+                  recipe_facts("7b/think/rlvr"))
+
+
 def test_7b_think_sft_by_hand():
     """7B Think SFT: 32 GPUs, each rank one 32K sequence a step.
 

@@ -226,6 +226,17 @@ class IpcSync(_Sync):
         self.timeout_s = rollout.weight_sync_timeout_s
         self.round_ids = itertools.count()
 
+    def connect(self) -> None:
+        """Refuse a pairing across nodes: shared memory does not leave one."""
+        from posttrain.orchestration.cluster import placement
+
+        nodes = placement(learner=self.learners.placement_group, engine=self.engines.group)
+        apart = [i for i, (a, b) in enumerate(zip(nodes["learner"], nodes["engine"])) if a != b]
+        if apart:
+            raise RuntimeError(f"rollout.weight_sync=ipc: learner rank {apart[0]} and engine {apart[0]} were placed on "
+                               f"different nodes ({nodes['learner'][apart[0]]} and {nodes['engine'][apart[0]]}); "
+                               "set distributed.colocate: true (one bundle for both), or use broadcast")
+
     def _send(self, version: int, only: int | None = None) -> Round:
         """Rank i sends to engine i, for every i or only `only`; every rank joins the gathers. Each engine first
         gets the driver's `take_shared_weights`, which holds its place among the driver's calls (IpcEngineActor)."""

@@ -38,7 +38,8 @@ that sampled the token. Departures from GRPO as published (Shao et al.
 - asynchronous rollouts: the engines generate up to `grpo.max_async_steps`
   steps ahead of the learner (0: on-policy), see posttrain/orchestration/rollout_queue.py. Weights
   reach the engines after every step (`rollout.weight_sync`: a broadcast
-  from learner rank 0, or Ray's object store; posttrain/orchestration/weight_sync.py).
+  from learner rank 0, shared memory from each rank to the engine beside it,
+  or Ray's object store; posttrain/orchestration/weight_sync.py).
   An engine takes them after the requests it holds, or, with
   `rollout.inflight_updates`, between two of their decoding steps;
 - colocation (`distributed.colocate`): engine i shares learner rank i's
