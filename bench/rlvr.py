@@ -1,7 +1,9 @@
 """RLVR speed, each a ratio from runs side by side on this machine.
 
 (a) asynchronous (grpo.max_async_steps 1) against synchronous (0) step time of this stage, and (vLLM engine)
-    asynchronous with in-flight weight updates (rollout.inflight_updates, weights broadcast) against without;
+    asynchronous with in-flight weight updates (rollout.inflight_updates, weights broadcast) against without,
+    and on-policy with the engine colocated (distributed.colocate: it sleeps through each update, weights by
+    ipc) against not;
 (b) this stage against TRL's GRPOTrainer: wall-clock from the first step to the same held-out pass rate
     (the start checkpoint's + `--target-gain`), same model, data, reward and hyperparameters; each side's
     one-time start-up (Ray, engines, learner; TRL's trainer) reported apart;
@@ -129,6 +131,7 @@ A_ARMS = {  # name: overrides
     "k0": ("grpo.max_async_steps=0",),
     "k1": ("grpo.max_async_steps=1",),
     "k1_inflight": ("grpo.max_async_steps=1", "rollout.weight_sync=broadcast", "rollout.inflight_updates=true"),
+    "k0_colocated": ("grpo.max_async_steps=0", "distributed.colocate=true", "rollout.weight_sync=ipc"),
 }
 
 
@@ -136,7 +139,7 @@ def part_a(model: Path, data: Path, out: Path, steps: int, args) -> dict:
     """Mean step time over steps 2..N (the first step pays warm-up) of each arm (in-flight updates: vLLM only)."""
     result = {}
     for name, overrides in A_ARMS.items():
-        if name.endswith("inflight") and args.engine != "vllm":
+        if name.endswith(("inflight", "colocated")) and args.engine != "vllm":
             continue
         run = out / f"a_{name}"
         warmup = f"optim.warmup_ratio={HYPER['warmup_steps'] / steps:.4f}"
@@ -155,6 +158,8 @@ def part_a(model: Path, data: Path, out: Path, steps: int, args) -> dict:
     result["ratio"] = result["k1"]["step_s"] / result["k0"]["step_s"]
     if "k1_inflight" in result:
         result["inflight_ratio"] = result["k1_inflight"]["step_s"] / result["k1"]["step_s"]
+    if "k0_colocated" in result:
+        result["colocated_ratio"] = result["k0_colocated"]["step_s"] / result["k0"]["step_s"]
     return result
 
 
@@ -402,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in results:
         a = results["a"]
         print(f"  (a) async k=1 / sync step time: {a['ratio']:.2f}x ({a['k1']['step_s']:.2f} / {a['k0']['step_s']:.2f} s)")
+        if "colocated_ratio" in a:
+            print(f"  (a) on-policy, engine colocated with the learner (sleeping through updates) / not: "
+                  f"{a['colocated_ratio']:.2f}x ({a['k0_colocated']['step_s']:.2f} / {a['k0']['step_s']:.2f} s)")
         if "inflight_ratio" in a:
             print(f"  (a) async with in-flight updates / without: {a['inflight_ratio']:.2f}x "
                   f"({a['k1_inflight']['step_s']:.2f} / {a['k1']['step_s']:.2f} s; responses switched mid-way "

