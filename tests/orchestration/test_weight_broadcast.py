@@ -158,6 +158,23 @@ def test_vllm_engine_generates_with_the_learners_weights_after_a_broadcast(local
         engines.shutdown()
 
 
+def kill_an_engine_mid_round(sync, engines, prompts: int) -> None:
+    """Queue round 1 behind a generation of `prompts` x PROMPTS on every engine, kill engine 1 while the round is
+    certainly in flight, settle it (the repair) and check that engine 1 was replaced."""
+    doomed = engines.actors[1]
+    busy = [a.generate.remote(PROMPTS * prompts, 8, max_tokens=32) for a in engines.actors]
+    round_ = sync.push(1)
+    time.sleep(1.0)
+    done, _ = ray.wait(round_.engine_refs + round_.learner_refs, num_returns=1, timeout=0)
+    assert not done, "the round ended before the kill: give the engines more to generate first"
+    ray.kill(doomed, no_restart=True)
+    start = time.monotonic()
+    sync.settle(round_)
+    ray.get(busy[0])
+    print(f"repaired round: {time.monotonic() - start:.1f} s, repairs {sync.repairs}, restarts {engines.restarts}")
+    assert engines.restarts == 1 and sync.repairs >= 1 and engines.actors[1] is not doomed
+
+
 def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(local_ray, checkpoints, learners):
     engines_from, learner_from = checkpoints
     config = rlvr_config(engines_from, engine="hf", num_engines=2, max_restarts=2, weight_sync_timeout_s=20,
@@ -168,20 +185,7 @@ def test_an_engine_killed_during_a_sync_is_replaced_and_the_round_sent_again(loc
         sync = WEIGHT_SYNCS.get("broadcast")(learners, engines, config)
         sync.connect()
         expected = learner_greedy(learner_from)
-        doomed = engines.actors[1]
-        # the engines are busy generating, so the round (queued behind) is certainly still in flight at the kill:
-        # learner rank 0 waits inside the broadcast for them
-        busy = [a.generate.remote(PROMPTS * 200, 8, max_tokens=32) for a in engines.actors]
-        round_ = sync.push(1)
-        time.sleep(1.0)
-        done, _ = ray.wait(round_.engine_refs + round_.learner_refs, num_returns=1, timeout=0)
-        assert not done, "the round ended before the kill: give the engines more to generate first"
-        ray.kill(doomed, no_restart=True)
-        start = time.monotonic()
-        sync.settle(round_)
-        ray.get(busy[0])
-        print(f"repaired round: {time.monotonic() - start:.1f} s, repairs {sync.repairs}, restarts {engines.restarts}")
-        assert engines.restarts == 1 and sync.repairs >= 1 and engines.actors[1] is not doomed
+        kill_an_engine_mid_round(sync, engines, prompts=200)  # learner rank 0 waits inside the broadcast for them
         for actor in engines.actors:
             assert ray.get(actor.ping.remote())["policy_version"] == 1
             assert greedy(actor) == expected

@@ -10,6 +10,7 @@ before the round landed (the driver's `take_shared_weights` holds its place).
 from __future__ import annotations
 
 import glob
+import os
 import time
 
 import ray
@@ -18,12 +19,14 @@ from posttrain.orchestration.topology import EnginePool
 from posttrain.orchestration.weight_sync import WEIGHT_SYNCS, IpcSync
 
 from .test_weight_broadcast import (  # noqa: F401 (checkpoints, learners: fixtures)
-    MAX_TOKENS, PROMPTS, checkpoints, greedy, learner_greedy, learners, rlvr_config,
+    MAX_TOKENS, PROMPTS, checkpoints, greedy, kill_an_engine_mid_round, learner_greedy, learners, rlvr_config,
 )
 
 
-def shared_files() -> set[str]:
-    return set(glob.glob("/dev/shm/posttrain-weights-*"))
+def shared_files(learners) -> set[str]:
+    """The /dev/shm buffers of these learner ranks (tests in other processes make their own meanwhile)."""
+    pids = ray.get([w.__ray_call__.remote(lambda worker: os.getpid()) for w in learners.workers])
+    return {path for pid in pids for path in glob.glob(f"/dev/shm/posttrain-weights-{pid}-*")}
 
 
 def versions(engines) -> list[int]:
@@ -43,7 +46,7 @@ def test_vllm_engines_take_their_learner_ranks_weights_through_shared_memory(loc
         sync = WEIGHT_SYNCS.get("ipc")(learners, engines, config)
         assert isinstance(sync, IpcSync) and len(sync.buckets) > 10
         sync.connect()
-        files = shared_files()
+        files = shared_files(learners)
         start = time.perf_counter()
         round_ = sync.push(1)
         # sent after the push, before the round lands: generated with the new weights, as with the other syncs
@@ -55,14 +58,14 @@ def test_vllm_engines_take_their_learner_ranks_weights_through_shared_memory(loc
         assert versions(engines) == [1, 1] and len(seconds) == 2
         assert [[c.token_ids for c in completions] for completions in ray.get(after)] == [expected, expected]
         assert before != expected
-        mine = shared_files() - files
+        mine = shared_files(learners) - files
         assert len(mine) == 4  # two buffers per learner rank, kept for the next round
         start = time.perf_counter()
         sync.settle(sync.push(2))
         print(f"second ipc round: {time.perf_counter() - start:.3f} s")
-        assert versions(engines) == [2, 2] and shared_files() - files == mine
+        assert versions(engines) == [2, 2] and shared_files(learners) - files == mine
         sync.close()
-        assert not mine & shared_files()
+        assert not mine & shared_files(learners)
     finally:
         learners.call("close_shared_weights")  # a failed test's buffers too (the learners are killed, not exited)
         engines.shutdown()
@@ -81,16 +84,8 @@ def test_an_engine_killed_during_an_ipc_round_is_replaced_and_given_the_weights(
         sync = WEIGHT_SYNCS.get("ipc")(learners, engines, config)
         sync.connect()
         expected = learner_greedy(learner_from)
-        doomed = engines.actors[1]
-        busy = [a.generate.remote(PROMPTS * 40, 8, max_tokens=32) for a in engines.actors]
-        round_ = sync.push(1)
-        time.sleep(1.0)
-        done, _ = ray.wait(round_.engine_refs + round_.learner_refs, num_returns=1, timeout=0)
-        assert not done, "the round ended before the kill: give the engines more to generate first"
-        ray.kill(doomed, no_restart=True)
-        sync.settle(round_)
-        ray.get(busy[0])
-        assert engines.restarts == 1 and sync.repairs == 1 and engines.actors[1] is not doomed
+        kill_an_engine_mid_round(sync, engines, prompts=40)
+        assert sync.repairs == 1
         assert versions(engines) == [1, 1]
         assert [greedy(actor) for actor in engines.actors] == [expected, expected]
 
