@@ -56,7 +56,7 @@ def test_colocated_engines_share_the_learner_bundles(tmp_path):
 
     config = toy_recipe(tmp_path, **COLOCATED, **{
         "distributed.num_workers": 2, "rollout.num_engines": 2, "distributed.use_gpu": True,
-        "rollout.weight_sync": "ipc" if "ipc" in _weight_syncs() else "reload", "rollout.cpus_per_engine": 3,
+        "rollout.weight_sync": "ipc", "rollout.cpus_per_engine": 3,
         "distributed.resources_per_worker": {"trainer": 1}, "rollout.resources_per_engine": {"rollout": 1}})
     roles = role_bundles(config)
     assert "engine" not in roles
@@ -90,8 +90,3 @@ def test_a_learner_on_the_cpu_has_nothing_to_offload_and_an_offloaded_one_reload
     names = [name for name, _ in learner.named_weights()]
     assert reloads == [1, 1] and names
 
-
-def _weight_syncs() -> list[str]:
-    from posttrain.orchestration.weight_sync import WEIGHT_SYNCS
-
-    return list(WEIGHT_SYNCS.names())
